@@ -1,0 +1,5 @@
+"""`python -m serving <command>`: see serving/cli.py."""
+
+from serving.cli import main
+
+raise SystemExit(main())
