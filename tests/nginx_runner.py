@@ -1,0 +1,160 @@
+"""Start and stop a real nginx (Debian's package) on a rendered gateway configuration.
+
+Tests use this to run the very nginx.conf that the pod gets, with only the paths and ports
+moved into a temporary prefix on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from serving.gateway import (
+    TEST_NGINX_DEBIAN_PACKAGE,
+    GatewaySettings,
+    render_api_key_map,
+    render_nginx_conf,
+)
+
+NGINX_SEARCH_PATHS = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx")
+STARTUP_TIMEOUT_SECONDS = 10.0
+SHUTDOWN_TIMEOUT_SECONDS = 10.0
+
+
+class NginxMissingError(RuntimeError):
+    """No nginx binary: CI must install it; a skipped gateway test would prove nothing."""
+
+
+def find_nginx() -> str:
+    found = shutil.which("nginx") or next(
+        (path for path in NGINX_SEARCH_PATHS if Path(path).is_file()), None
+    )
+    if found is None:
+        raise NginxMissingError(
+            "nginx is not installed, so the gateway cannot be tested for real. Install Debian's "
+            f"package: apt-get update && apt-get install -y {TEST_NGINX_DEBIAN_PACKAGE}"
+        )
+    return found
+
+
+def free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout_seconds: float, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with code {process.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listened on 127.0.0.1:{port} within {timeout_seconds} s")
+
+
+def settings_for_prefix(prefix: Path, upstream_port: int, listen_port: int) -> GatewaySettings:
+    """The pod's settings with every path under `prefix` and the listener on loopback."""
+    return GatewaySettings(
+        listen_port=listen_port,
+        listen_address="127.0.0.1",
+        upstream_host="127.0.0.1",
+        upstream_port=upstream_port,
+        api_key_map_path=str(prefix / "api-keys" / "api-keys.map"),
+        pid_path=str(prefix / "nginx.pid"),
+        temp_dir=str(prefix / "tmp"),
+        access_log_path=str(prefix / "access.log"),
+        error_log_path=str(prefix / "error.log"),
+        # Short enough that a test's stop() never waits long for a half-read stream.
+        shutdown_timeout_seconds=5,
+    )
+
+
+@dataclass
+class RunningNginx:
+    settings: GatewaySettings
+    prefix: Path
+    conf_path: Path
+    process: subprocess.Popen
+    stderr_path: Path
+    stopped: bool = field(default=False)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.listen_port}"
+
+    @property
+    def access_log(self) -> str:
+        path = Path(self.settings.access_log_path)
+        return path.read_text() if path.exists() else ""
+
+    @property
+    def error_log(self) -> str:
+        path = Path(self.settings.error_log_path)
+        text = path.read_text() if path.exists() else ""
+        return text + self.stderr_path.read_text()
+
+    def stop(self) -> None:
+        """Graceful stop (SIGQUIT, as the image's STOPSIGNAL), then kill if it hangs."""
+        if self.stopped:
+            return
+        self.stopped = True
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGQUIT)
+            try:
+                self.process.wait(timeout=SHUTDOWN_TIMEOUT_SECONDS)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=SHUTDOWN_TIMEOUT_SECONDS)
+
+
+def write_gateway_files(prefix: Path, settings: GatewaySettings, api_keys: Sequence[str]) -> Path:
+    """Render nginx.conf and the key map into the prefix as the pod's mounts would hold them."""
+    key_map_path = Path(settings.api_key_map_path)
+    key_map_path.parent.mkdir(parents=True, exist_ok=True)
+    key_map_path.write_text(render_api_key_map(api_keys))
+    Path(settings.temp_dir).mkdir(parents=True, exist_ok=True)
+    conf_path = prefix / "nginx.conf"
+    conf_path.write_text(render_nginx_conf(settings))
+    return conf_path
+
+
+def check_config(conf_path: Path, prefix: Path) -> subprocess.CompletedProcess:
+    """`nginx -t` on the file: parses it, opens the included key map, the logs and paths."""
+    return subprocess.run(
+        [find_nginx(), "-t", "-p", str(prefix), "-c", str(conf_path), "-g", "daemon off;"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def start_nginx(prefix: Path, upstream_port: int, api_keys: Sequence[str]) -> RunningNginx:
+    nginx = find_nginx()
+    settings = settings_for_prefix(prefix, upstream_port, free_loopback_port())
+    conf_path = write_gateway_files(prefix, settings, api_keys)
+    stderr_path = prefix / "nginx.stderr"
+    with stderr_path.open("w") as stderr:
+        process = subprocess.Popen(
+            [nginx, "-p", str(prefix), "-c", str(conf_path), "-g", "daemon off;"],
+            stdin=subprocess.DEVNULL,
+            stdout=stderr,
+            stderr=stderr,
+        )
+    running = RunningNginx(settings, prefix, conf_path, process, stderr_path)
+    try:
+        wait_for_port(settings.listen_port, STARTUP_TIMEOUT_SECONDS, process)
+    except (RuntimeError, TimeoutError) as error:
+        running.stop()
+        raise RuntimeError(f"nginx did not start: {error}\n{running.error_log}") from error
+    return running

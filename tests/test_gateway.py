@@ -1,0 +1,623 @@
+"""The API-key gateway, tested for real: Debian's nginx runs the rendered configuration in front
+of OpenAI-compatible servers on loopback.
+
+Two upstreams:
+* a paced server written here, which sends one server-sent event every 200 ms, records what
+  reaches it and when each event left, so streaming and header stripping can be measured exactly;
+* the project's real OpenAI-compatible server (the `openai_server` fixture in conftest.py).
+
+nginx missing is a failure, not a skip: without it nothing here is proven.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import secrets
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from nginx_runner import (
+    RunningNginx,
+    check_config,
+    find_nginx,
+    free_loopback_port,
+    settings_for_prefix,
+    start_nginx,
+    write_gateway_files,
+)
+from serving.gateway import (
+    CLIENT_MAX_BODY_BYTES,
+    GATEWAY_API_KEYS_PATH,
+    GATEWAY_COMMAND,
+    GATEWAY_CONFIG_MOUNT_PATH,
+    ApiKeyError,
+    GatewaySettings,
+    api_key_fingerprint,
+    render_api_key_map,
+    render_nginx_conf,
+)
+
+REQUEST_TIMEOUT_SECONDS = 20.0
+PACED_MODEL = "paced-test-model"
+PACED_EVENT_COUNT = 8
+PACED_EVENT_INTERVAL_SECONDS = 0.2
+
+
+def new_key() -> str:
+    return secrets.token_urlsafe(32)  # 43 characters of the base64url alphabet
+
+
+# --- A paced OpenAI-like upstream ---------------------------------------------------------------
+
+
+@dataclass
+class RecordedRequest:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body_bytes: int
+
+
+@dataclass
+class PacedUpstreamState:
+    requests: list[RecordedRequest] = field(default_factory=list)
+    # Monotonic time at which each event of the latest stream was handed to the socket.
+    event_sent_at: list[float] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record(self, request: RecordedRequest) -> None:
+        with self.lock:
+            self.requests.append(request)
+
+    def snapshot(self) -> list[RecordedRequest]:
+        with self.lock:
+            return list(self.requests)
+
+
+def _read_request_body(handler: BaseHTTPRequestHandler) -> bytes:
+    # nginx forwards an unbuffered body chunked when the client sent it chunked, else as is.
+    if handler.headers.get("Transfer-Encoding", "").lower() == "chunked":
+        body = bytearray()
+        while True:
+            size = int(handler.rfile.readline().split(b";")[0].strip(), 16)
+            if size == 0:
+                handler.rfile.readline()
+                return bytes(body)
+            body += handler.rfile.read(size)
+            handler.rfile.readline()
+    length = int(handler.headers.get("Content-Length", "0"))
+    return handler.rfile.read(length) if length else b""
+
+
+def make_paced_handler(state: PacedUpstreamState) -> type[BaseHTTPRequestHandler]:
+    class PacedHandler(BaseHTTPRequestHandler):
+        # HTTP/1.1 with chunked streaming and keep-alive, like uvicorn behind trtllm-serve.
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib name
+            pass
+
+        def _record(self, body: bytes) -> None:
+            state.record(
+                RecordedRequest(self.command, self.path, dict(self.headers.items()), len(body))
+            )
+
+        def _send_json(self, status: int, payload: object) -> None:
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:
+            self._record(b"")
+            if self.path == "/health":
+                self._send_json(200, {"upstream": "paced"})
+            elif self.path == "/v1/models":
+                self._send_json(200, {"object": "list", "data": [{"id": PACED_MODEL, "object": "model"}]})
+            else:
+                self._send_json(404, {"error": {"message": "not found"}})
+
+        def do_POST(self) -> None:
+            body = _read_request_body(self)
+            self._record(body)
+            request = json.loads(body) if self.path == "/v1/chat/completions" else {}
+            if request.get("stream"):
+                self._stream_events()
+            else:
+                self._send_json(200, {"received_bytes": len(body)})
+
+        def _stream_events(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            # Recorded before each write, so the client never sees an event whose time is missing.
+            with state.lock:
+                state.event_sent_at = sent_at = []
+            for index in range(PACED_EVENT_COUNT + 1):
+                if index:
+                    time.sleep(PACED_EVENT_INTERVAL_SECONDS)
+                if index < PACED_EVENT_COUNT:
+                    chunk = {"object": "chat.completion.chunk", "model": PACED_MODEL,
+                             "choices": [{"index": 0, "delta": {"content": f"token{index} "}}]}
+                    event = f"data: {json.dumps(chunk)}\n\n".encode()
+                else:
+                    event = b"data: [DONE]\n\n"
+                with state.lock:
+                    sent_at.append(time.monotonic())
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
+                self.wfile.flush()
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+
+    return PacedHandler
+
+
+@dataclass
+class PacedUpstream:
+    server: ThreadingHTTPServer
+    state: PacedUpstreamState
+    thread: threading.Thread
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+
+@pytest.fixture(scope="module")
+def paced_upstream() -> Iterator[PacedUpstream]:
+    state = PacedUpstreamState()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), make_paced_handler(state))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, daemon=True)
+    thread.start()
+    yield PacedUpstream(server, state, thread)
+    server.shutdown()
+    server.server_close()
+    thread.join(timeout=5)
+
+
+@dataclass
+class Gateway:
+    nginx: RunningNginx
+    keys: tuple[str, ...]
+
+    @property
+    def port(self) -> int:
+        return self.nginx.settings.listen_port
+
+
+@pytest.fixture(scope="module")
+def gateway(paced_upstream: PacedUpstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    # Two keys at once, as during a rotation.
+    keys = (new_key(), new_key())
+    nginx = start_nginx(tmp_path_factory.mktemp("gateway"), paced_upstream.port, keys)
+    yield Gateway(nginx, keys)
+    nginx.stop()
+
+
+# --- HTTP helpers --------------------------------------------------------------------------------
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: http.client.HTTPMessage
+    body: bytes
+
+    def json(self) -> object:
+        return json.loads(self.body)
+
+
+def call(port: int, method: str, path: str, *, key: str | None = None,
+         authorization: str | None = None, body: bytes | None = None,
+         user_agent: str = "gateway-test") -> Reply:
+    headers = {"User-Agent": user_agent}
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    if authorization is not None:
+        headers["Authorization"] = authorization
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=REQUEST_TIMEOUT_SECONDS)
+    try:
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        return Reply(response.status, response.headers, response.read())
+    finally:
+        connection.close()
+
+
+@dataclass
+class StreamedEvent:
+    data: str
+    arrived_at: float
+
+
+def stream_chat(port: int, key: str, model: str, max_tokens: int = 16) -> tuple[int, str, list[StreamedEvent]]:
+    """POST a streamed chat completion; return status, content type and each event's arrival."""
+    payload = {
+        "model": model,
+        "messages": [{"role": "user", "content": "Count from one to twenty."}],
+        "max_tokens": max_tokens,
+        "stream": True,
+    }
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=REQUEST_TIMEOUT_SECONDS)
+    events: list[StreamedEvent] = []
+    try:
+        connection.request("POST", "/v1/chat/completions", body=json.dumps(payload).encode(),
+                           headers={"Authorization": f"Bearer {key}",
+                                    "Content-Type": "application/json"})
+        response = connection.getresponse()
+        content_type = response.headers.get("Content-Type", "")
+        if response.status != 200:
+            return response.status, content_type, events
+        deadline = time.monotonic() + REQUEST_TIMEOUT_SECONDS
+        # readline returns as soon as a whole line has arrived: it adds no buffering of its own.
+        while time.monotonic() < deadline:
+            line = response.readline()
+            if not line:
+                break
+            text = line.decode().strip()
+            if text.startswith("data:"):
+                events.append(StreamedEvent(text[len("data:"):].strip(), time.monotonic()))
+                if events[-1].data == "[DONE]":
+                    break
+        return response.status, content_type, events
+    finally:
+        connection.close()
+
+
+def requests_to(upstream: PacedUpstream, path: str) -> int:
+    return sum(1 for request in upstream.state.snapshot() if request.path == path)
+
+
+# --- Unit tests of the renderers -----------------------------------------------------------------
+
+
+def test_nginx_conf_is_deterministic_and_follows_settings() -> None:
+    settings = GatewaySettings()
+    assert render_nginx_conf(settings) == render_nginx_conf(GatewaySettings())
+    moved = render_nginx_conf(GatewaySettings(listen_port=9090, upstream_port=8001))
+    assert "listen 9090;" in moved
+    assert "server 127.0.0.1:8001 max_fails=0;" in moved
+    assert moved != render_nginx_conf(settings)
+
+
+def test_pod_defaults_fit_the_unprivileged_image_and_the_mounts() -> None:
+    text = render_nginx_conf(GatewaySettings())
+    assert "listen 8080;" in text
+    assert f"include {GATEWAY_API_KEYS_PATH};" in text
+    assert "pid /tmp/nginx.pid;" in text
+    # `daemon off;` comes from the command line; in the file too, nginx would refuse to start.
+    assert not [line for line in text.splitlines() if line.strip().startswith("daemon")]
+    assert GATEWAY_COMMAND[:3] == ("nginx", "-c", GATEWAY_CONFIG_MOUNT_PATH)
+    # 'user' is meaningless for a non-root master and nginx warns about it.
+    assert "\nuser " not in text
+
+
+def test_key_map_has_one_line_per_key_and_a_fingerprint_not_the_key_as_value() -> None:
+    keys = [new_key(), new_key(), new_key()]
+    text = render_api_key_map(keys)
+    entry_lines = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert len(entry_lines) == 3
+    for key, line in zip(keys, entry_lines):
+        assert key in line
+        assert line.endswith(f'"{api_key_fingerprint(key)}";')
+    assert render_api_key_map(keys) == text
+
+
+@pytest.mark.parametrize(
+    ("bad_key", "expected_words"),
+    [
+        ("short-key", "9 characters; at least 32"),
+        ("a" * 40 + '"; default "ok', "disallowed character"),
+        ("a" * 40 + "; include /etc/passwd", "disallowed character"),
+        ("a" * 40 + " b", "whitespace U+0020"),
+        ("a" * 40 + "{}", "disallowed character"),
+        ("a" * 40 + "$host", "U+0024"),
+        ("a" * 40 + ".*", "disallowed character"),
+        ("a" * 600, "at most 512"),
+    ],
+)
+def test_key_validation_names_the_problem_without_echoing_the_key(bad_key: str, expected_words: str) -> None:
+    good = new_key()
+    with pytest.raises(ApiKeyError) as raised:
+        render_api_key_map([good, bad_key])
+    message = str(raised.value)
+    assert "API key #2" in message
+    assert expected_words in message
+    assert bad_key not in message and good not in message
+    # Not even a recognisable piece of the offending key.
+    assert "aaaaaaaa" not in message and "short-key" not in message
+
+
+def test_key_map_refuses_empty_duplicate_and_bare_string() -> None:
+    key = new_key()
+    with pytest.raises(ApiKeyError, match="empty"):
+        render_api_key_map([])
+    with pytest.raises(ApiKeyError, match="#2 repeats API key #1"):
+        render_api_key_map([key, key])
+    with pytest.raises(ApiKeyError, match="not one string"):
+        render_api_key_map(key)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected_words"),
+    [
+        ({"listen_port": 0}, "listen_port=0"),
+        ({"upstream_port": 70000}, "upstream_port=70000"),
+        ({"api_key_map_path": "/etc/x; include /y"}, "api_key_map_path"),
+        ({"upstream_read_timeout_seconds": 0}, "upstream_read_timeout_seconds=0"),
+        ({"worker_processes": 0}, "worker_processes=0"),
+    ],
+)
+def test_settings_reject_values_that_would_break_the_config(overrides: dict, expected_words: str) -> None:
+    with pytest.raises(ValueError, match=expected_words):
+        GatewaySettings(**overrides)
+
+
+# --- Real nginx in front of the paced upstream ---------------------------------------------------
+
+
+def test_nginx_binary_is_installed() -> None:
+    # Fails (does not skip) on a machine without nginx, with the install command in the message.
+    assert Path(find_nginx()).is_file()
+
+
+def test_rendered_config_passes_nginx_t(tmp_path: Path) -> None:
+    settings = settings_for_prefix(tmp_path, upstream_port=8000, listen_port=free_loopback_port())
+    conf_path = write_gateway_files(tmp_path, settings, [new_key()])
+    result = check_config(conf_path, tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "test is successful" in result.stderr
+    assert "[warn]" not in result.stderr, result.stderr
+
+
+def test_config_without_the_key_map_file_fails_nginx_t(tmp_path: Path) -> None:
+    # The key map is required: a pod whose Secret is missing must not come up open.
+    settings = settings_for_prefix(tmp_path, upstream_port=8000, listen_port=free_loopback_port())
+    conf_path = write_gateway_files(tmp_path, settings, [new_key()])
+    Path(settings.api_key_map_path).unlink()
+    result = check_config(conf_path, tmp_path)
+    assert result.returncode != 0
+    assert "api-keys.map" in result.stderr
+
+
+def test_health_needs_no_key_and_answers_from_the_upstream(gateway: Gateway, paced_upstream: PacedUpstream) -> None:
+    before = requests_to(paced_upstream, "/health")
+    reply = call(gateway.port, "GET", "/health")
+    assert reply.status == 200
+    assert reply.json() == {"upstream": "paced"}
+    assert requests_to(paced_upstream, "/health") == before + 1
+
+
+def test_health_is_502_while_nothing_listens_upstream(tmp_path: Path) -> None:
+    # While the model loads, trtllm-serve does not listen at all: the target must stay unhealthy.
+    nginx = start_nginx(tmp_path, upstream_port=free_loopback_port(), api_keys=[new_key()])
+    try:
+        assert call(nginx.settings.listen_port, "GET", "/health").status == 502
+    finally:
+        nginx.stop()
+
+
+def test_request_without_key_is_401_json_and_never_reaches_upstream(
+    gateway: Gateway, paced_upstream: PacedUpstream
+) -> None:
+    before = requests_to(paced_upstream, "/v1/models")
+    reply = call(gateway.port, "GET", "/v1/models")
+    assert reply.status == 401
+    assert reply.headers["Content-Type"].startswith("application/json")
+    assert reply.headers["WWW-Authenticate"].startswith("Bearer")
+    error = reply.json()["error"]
+    assert error["code"] == "invalid_api_key"
+    assert "Authorization: Bearer" in error["message"]
+    assert requests_to(paced_upstream, "/v1/models") == before
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        pytest.param(lambda key: f"Bearer {new_key()}", id="unknown-key"),
+        pytest.param(lambda key: f"Bearer {key.swapcase()}", id="key-with-case-flipped"),
+        pytest.param(lambda key: f"Bearer {key[:-1]}", id="key-truncated"),
+        pytest.param(lambda key: f"Bearer {key}x", id="key-with-suffix"),
+        pytest.param(lambda key: key, id="key-without-scheme"),
+        pytest.param(lambda key: f"Basic {key}", id="other-scheme"),
+        pytest.param(lambda key: f"Bearer {key}, Bearer {key}", id="key-twice"),
+    ],
+)
+def test_wrong_key_is_401(gateway: Gateway, paced_upstream: PacedUpstream, authorization) -> None:
+    before = len(paced_upstream.state.snapshot())
+    reply = call(gateway.port, "POST", "/v1/chat/completions",
+                 authorization=authorization(gateway.keys[0]), body=b'{"model": "x"}')
+    assert reply.status == 401
+    assert reply.json()["error"]["code"] == "invalid_api_key"
+    assert len(paced_upstream.state.snapshot()) == before
+
+
+def test_every_configured_key_passes_and_lists_the_model(gateway: Gateway) -> None:
+    for key in gateway.keys:
+        reply = call(gateway.port, "GET", "/v1/models", key=key)
+        assert reply.status == 200
+        assert [model["id"] for model in reply.json()["data"]] == [PACED_MODEL]
+    # The auth scheme is case-insensitive in HTTP; the key is not.
+    lower_scheme = call(gateway.port, "GET", "/v1/models", authorization=f"bearer {gateway.keys[0]}")
+    assert lower_scheme.status == 200
+
+
+def test_authorization_header_is_not_forwarded(gateway: Gateway, paced_upstream: PacedUpstream) -> None:
+    reply = call(gateway.port, "POST", "/v1/chat/completions", key=gateway.keys[0],
+                 body=json.dumps({"model": PACED_MODEL, "messages": []}).encode())
+    assert reply.status == 200
+    forwarded = paced_upstream.state.snapshot()[-1]
+    assert forwarded.path == "/v1/chat/completions"
+    assert "authorization" not in {name.lower() for name in forwarded.headers}
+    assert gateway.keys[0] not in json.dumps(forwarded.headers)
+    assert forwarded.headers.get("X-Request-ID")
+
+
+def test_stream_arrives_event_by_event_not_buffered(gateway: Gateway, paced_upstream: PacedUpstream) -> None:
+    started = time.monotonic()
+    status, content_type, events = stream_chat(gateway.port, gateway.keys[0], PACED_MODEL)
+    assert status == 200
+    assert content_type.startswith("text/event-stream")
+    assert [event.data for event in events][-1] == "[DONE]"
+    assert len(events) == PACED_EVENT_COUNT + 1
+    with paced_upstream.state.lock:
+        sent_at = list(paced_upstream.state.event_sent_at)
+    assert len(sent_at) == len(events) and sent_at[0] >= started
+    # Each event reaches the client within 150 ms of leaving the upstream (they are 200 ms apart);
+    # a buffering proxy would deliver the early ones only at the end, 1.6 s late.
+    delays = [event.arrived_at - sent for event, sent in zip(events, sent_at)]
+    assert max(delays) < 0.15, delays
+    # The first event arrives well before the last one has even been sent.
+    assert events[0].arrived_at < sent_at[-1] - 1.0
+    arrivals = [event.arrived_at for event in events]
+    assert len({round(t, 2) for t in arrivals}) == len(events)
+    assert arrivals[-1] - arrivals[0] > (PACED_EVENT_COUNT - 1) * PACED_EVENT_INTERVAL_SECONDS
+
+
+def test_streamed_response_tells_downstream_proxies_not_to_buffer(gateway: Gateway) -> None:
+    reply = call(gateway.port, "GET", "/v1/models", key=gateway.keys[0])
+    assert reply.headers["X-Accel-Buffering"] == "no"
+
+
+def test_server_header_has_no_version(gateway: Gateway) -> None:
+    assert call(gateway.port, "GET", "/v1/models").headers["Server"] == "nginx"
+
+
+def test_longest_prompt_body_passes_and_a_larger_one_is_413(
+    gateway: Gateway, paced_upstream: PacedUpstream
+) -> None:
+    # A body just under the limit (4 MiB, four times nginx's default): a 98304-token prompt of
+    # escaped non-Latin text fits.
+    filler = "\\u4e2d" * ((CLIENT_MAX_BODY_BYTES - 4096) // 6)
+    body = json.dumps({"model": PACED_MODEL, "messages": []})[:-1].encode() + \
+        b', "prompt_filler": "' + filler.encode() + b'"}'
+    assert len(body) < CLIENT_MAX_BODY_BYTES
+    reply = call(gateway.port, "POST", "/v1/completions", key=gateway.keys[0], body=body)
+    assert reply.status == 200
+    assert reply.json() == {"received_bytes": len(body)}
+
+    before = len(paced_upstream.state.snapshot())
+    too_large = b"x" * (CLIENT_MAX_BODY_BYTES + 1)
+    reply = call(gateway.port, "POST", "/v1/completions", key=gateway.keys[0], body=too_large)
+    assert reply.status == 413
+    assert reply.json()["error"]["code"] == "request_too_large"
+    assert len(paced_upstream.state.snapshot()) == before
+
+
+def wait_for_log_entries(nginx: RunningNginx, user_agents: set[str]) -> dict[str, dict]:
+    """Access-log entries by user agent; workers write them just after answering, so poll."""
+    deadline = time.monotonic() + 5
+    while True:
+        entries = {}
+        for line in nginx.access_log.splitlines():
+            entry = json.loads(line)
+            if entry["user_agent"] in user_agents:
+                entries[entry["user_agent"]] = entry
+        if set(entries) == user_agents or time.monotonic() > deadline:
+            return entries
+        time.sleep(0.05)
+
+
+def test_access_log_holds_fingerprints_never_keys(gateway: Gateway) -> None:
+    wrong_key = new_key()
+    good_agent, bad_agent = f"good-{new_key()[:8]}", f"bad-{new_key()[:8]}"
+    call(gateway.port, "GET", "/v1/models", key=gateway.keys[1], user_agent=good_agent)
+    call(gateway.port, "GET", "/v1/models?api_key=" + wrong_key, key=wrong_key, user_agent=bad_agent)
+    entries = wait_for_log_entries(gateway.nginx, {good_agent, bad_agent})
+    assert set(entries) == {good_agent, bad_agent}, gateway.nginx.access_log
+    assert entries[good_agent]["api_key"] == api_key_fingerprint(gateway.keys[1])
+    assert entries[good_agent]["status"] == "200"
+    assert entries[bad_agent]["api_key"] == "" and entries[bad_agent]["status"] == "401"
+    assert entries[bad_agent]["path"] == "/v1/models"
+    log = gateway.nginx.access_log
+    for key in (*gateway.keys, wrong_key):
+        assert key not in log
+
+
+def test_key_rotation_by_reload(paced_upstream: PacedUpstream, tmp_path: Path) -> None:
+    """Add the new key, reload, move clients, remove the old key, reload: no restart needed."""
+    old_key, new = new_key(), new_key()
+    nginx = start_nginx(tmp_path, paced_upstream.port, [old_key])
+    key_map = Path(nginx.settings.api_key_map_path)
+
+    def reload_until(key: str, expected_status: int) -> int:
+        nginx.process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        status = call(nginx.settings.listen_port, "GET", "/v1/models", key=key).status
+        while status != expected_status and time.monotonic() < deadline:
+            time.sleep(0.1)
+            status = call(nginx.settings.listen_port, "GET", "/v1/models", key=key).status
+        return status
+
+    try:
+        assert call(nginx.settings.listen_port, "GET", "/v1/models", key=new).status == 401
+        key_map.write_text(render_api_key_map([old_key, new]))
+        assert reload_until(new, 200) == 200
+        assert call(nginx.settings.listen_port, "GET", "/v1/models", key=old_key).status == 200
+        key_map.write_text(render_api_key_map([new]))
+        assert reload_until(old_key, 401) == 401
+        assert call(nginx.settings.listen_port, "GET", "/v1/models", key=new).status == 200
+    finally:
+        nginx.stop()
+
+
+# --- Real nginx in front of the real OpenAI-compatible server ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def real_gateway(openai_server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    upstream = urlsplit(openai_server.base_url)
+    assert upstream.hostname in ("127.0.0.1", "localhost"), openai_server.base_url
+    keys = (new_key(),)
+    nginx = start_nginx(tmp_path_factory.mktemp("real-gateway"), upstream.port, keys)
+    yield Gateway(nginx, keys)
+    nginx.stop()
+
+
+def test_real_server_health_is_open_and_api_needs_the_key(real_gateway: Gateway, openai_server) -> None:
+    direct_health = urlsplit(openai_server.base_url)
+    direct = http.client.HTTPConnection(direct_health.hostname, direct_health.port,
+                                        timeout=REQUEST_TIMEOUT_SECONDS)
+    try:
+        direct.request("GET", "/health")
+        direct_status = direct.getresponse().status
+    finally:
+        direct.close()
+    assert call(real_gateway.port, "GET", "/health").status == direct_status
+
+    assert call(real_gateway.port, "GET", "/v1/models").status == 401
+    assert call(real_gateway.port, "GET", "/v1/models", key=new_key()).status == 401
+    reply = call(real_gateway.port, "GET", "/v1/models", key=real_gateway.keys[0])
+    assert reply.status == 200
+    assert openai_server.model in [model["id"] for model in reply.json()["data"]]
+
+
+def test_real_server_stream_arrives_in_chunks_through_nginx(real_gateway: Gateway, openai_server) -> None:
+    status, content_type, events = stream_chat(real_gateway.port, real_gateway.keys[0],
+                                               openai_server.model, max_tokens=24)
+    assert status == 200
+    assert content_type.startswith("text/event-stream")
+    assert events and events[-1].data == "[DONE]"
+    chunks = [json.loads(event.data) for event in events[:-1]]
+    assert all(chunk["object"] == "chat.completion.chunk" for chunk in chunks)
+    # Generation is token by token, so unbuffered events arrive at distinct times spread over
+    # the stream; a buffering proxy would hand them all over within the same millisecond.
+    arrivals = [event.arrived_at for event in events]
+    distinct_ms = {round(t * 1000) for t in arrivals}
+    assert len(distinct_ms) >= 5, arrivals
+    assert arrivals[-1] - arrivals[0] > 0.01, arrivals
