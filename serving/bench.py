@@ -1,0 +1,379 @@
+"""`python -m serving bench`: the template's benchmark scenario against a live endpoint.
+
+Defaults are the template's scenario: 150 requests, 16 in flight, about 4000 input tokens each.
+The output length defaults to 1000 tokens: gpt-oss is a reasoning model and spends a few hundred
+tokens on `delta.reasoning` before the answer, so a shorter budget (e.g. 256) often ends before the
+first answer token and leaves "time to first answer token" undefined; 1000 keeps decode, the phase
+that dominates latency in serving, the larger part of each request while a run of 150 requests
+stays around a minute or two on two H100s. The server may stop earlier (end of answer): token
+counts always come from the server's `usage`, never from the request. `--ignore-eos` asks servers
+that support it (TensorRT-LLM, vLLM) for exactly `--output-tokens` tokens.
+
+Prompts: filler made of common English words, sized by calibration against the server's own
+`usage.prompt_tokens` (no tokenizer can be downloaded here): two probes with `max_tokens: 1`
+measure the chat-template overhead and the tokens per word, a third checks and corrects the word
+count. Each prompt starts with a unique marker (`[run id-request index]`) so that no two share a
+cached prefix (block reuse is on in the template); `--shared-prefix-fraction F` instead puts the
+same filler (F of the prompt) before the marker in every prompt, to measure KV block reuse.
+The chat template's own preamble (system header) is shared by every prompt whatever is chosen.
+
+Warm-up requests (`--warmup-requests`, default 2) run first and are not counted.
+Concurrency: a pool of `--concurrency` threads, each with its own `requests.Session`; the next
+request starts as soon as one finishes. The progress bar is tqdm (pinned): it keeps ETA and rate
+right on a terminal and degrades to plain lines in CI logs, at no cost in the timing path.
+
+Exit codes: 0 every request succeeded; 1 some requests failed or the endpoint failed before the
+run (one line `bench FAILED: ...` or `bench: N of M requests failed; first error: ...`);
+2 bad arguments or settings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from serving.bench_metrics import RequestRecord, distribution_table, summarize, template_table
+from serving.openai_stream import Endpoint, StreamResult, Timeouts, stream_chat_completion
+from serving.smoke import add_timeout_arguments, timeouts_from
+from serving.stack_outputs import SettingsError, add_endpoint_arguments, resolve_settings
+
+DEFAULT_REQUESTS = 150
+DEFAULT_CONCURRENCY = 16
+DEFAULT_INPUT_TOKENS = 4000
+DEFAULT_OUTPUT_TOKENS = 1000
+EXIT_OK, EXIT_FAILED, EXIT_BAD_SETTINGS = 0, 1, 2
+
+# Filler vocabulary: common words that tokenize to one or two tokens in any BPE vocabulary.
+FILLER_WORDS = (
+    "the of and to in is it that for on with as was at by be this from or have an are not but "
+    "all they one had there time year people way day man thing woman life child world school "
+    "state family student group country problem hand part place case week company system "
+    "program question work government number night point home water room mother area money story"
+).split()
+# Word counts of the two calibration probes; far apart so the slope is well measured.
+PROBE_WORDS = (32, 288)
+
+
+class BenchError(Exception):
+    """The run cannot go on; the message is the one line shown to the user."""
+
+
+@dataclass(frozen=True)
+class PromptPlan:
+    """How prompts are built: `words` filler words per prompt, `shared_words` of them common."""
+
+    words: int
+    shared_words: int
+    overhead_tokens: float
+    tokens_per_word: float
+    calibrated_prompt_tokens: int
+
+
+class PromptFactory:
+    """Builds prompt texts: [shared filler] [unique marker] [own filler]."""
+
+    def __init__(self, run_id: str, seed: int) -> None:
+        self.run_id = run_id
+        self.seed = seed
+
+    def filler(self, rng: random.Random, count: int) -> str:
+        return " ".join(rng.choice(FILLER_WORDS) for _ in range(count))
+
+    def text(self, index: int, words: int, shared_words: int = 0) -> str:
+        shared_words = min(shared_words, words)
+        shared = self.filler(random.Random(f"{self.seed}-shared"), shared_words)
+        own = self.filler(random.Random(f"{self.seed}-{self.run_id}-{index}"), words - shared_words)
+        marker = f"[{self.run_id}-{index:06d}]"
+        parts = [shared, marker, own] if shared else [marker, own]
+        return " ".join(part for part in parts if part)
+
+
+def calibrate(
+    probe: Callable[[str], int],
+    factory: PromptFactory,
+    target_tokens: int,
+    shared_fraction: float = 0.0,
+) -> PromptPlan:
+    """Find the filler word count whose prompt the server counts as `target_tokens`.
+
+    `probe(text)` returns the server's `usage.prompt_tokens` for a one-message chat with `text`.
+    Prompt tokens are close to linear in the word count: overhead + rate x words. Two probes give
+    the line, a third at the estimate corrects for the error of extrapolating it.
+    """
+    low_words, high_words = PROBE_WORDS
+    low = probe(factory.text(-1, low_words))
+    high = probe(factory.text(-2, high_words))
+    rate = (high - low) / (high_words - low_words)
+    if rate <= 0:
+        raise BenchError(f"calibration: prompt_tokens did not grow with the prompt ({low} then {high})")
+    overhead = low - rate * low_words
+    if target_tokens < overhead + rate:
+        raise BenchError(
+            f"--input-tokens {target_tokens} is below the smallest prompt this server counts "
+            f"(about {overhead + rate:.0f} tokens of chat template and marker); ask for more"
+        )
+    words = max(1, round((target_tokens - overhead) / rate))
+    measured = probe(factory.text(-3, words))
+    words = max(1, words + round((target_tokens - measured) / rate))
+    measured = probe(factory.text(-4, words))
+    shared_words = round(words * shared_fraction)
+    return PromptPlan(words, shared_words, overhead, rate, measured)
+
+
+def record_from(result: StreamResult) -> RequestRecord:
+    times = result.token_times
+    return RequestRecord(
+        ttft_s=result.ttft_s,
+        latency_s=result.latency_s,
+        prompt_tokens=result.prompt_tokens,
+        completion_tokens=result.completion_tokens,
+        error=result.error,
+        ttft_content_s=result.ttft_content_s,
+        itl_s=[later - earlier for earlier, later in zip(times, times[1:])],
+    )
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    endpoint: Endpoint
+    model: str
+    max_tokens: int
+    concurrency: int
+    timeouts: Timeouts
+    extra_body: dict[str, Any]
+
+
+def run_requests(
+    config: RunConfig,
+    prompts: Sequence[str],
+    progress: Callable[[], None] | None = None,
+) -> tuple[list[StreamResult], float]:
+    """Send every prompt, `config.concurrency` at a time; return results (in prompt order) and wall time."""
+    local = threading.local()
+    sessions: list[requests.Session] = []
+    sessions_lock = threading.Lock()
+
+    def session() -> requests.Session:
+        if not hasattr(local, "session"):
+            local.session = requests.Session()
+            with sessions_lock:
+                sessions.append(local.session)
+        return local.session
+
+    def one(text: str) -> StreamResult:
+        try:
+            return stream_chat_completion(
+                session(),
+                config.endpoint,
+                config.model,
+                [{"role": "user", "content": text}],
+                max_tokens=config.max_tokens,
+                timeouts=config.timeouts,
+                extra_body=config.extra_body,
+            )
+        except Exception as exc:  # noqa: BLE001 - one bad request must not end the run
+            now = time.perf_counter()
+            return StreamResult(start=now, end=now, error=f"client error: {type(exc).__name__}: {exc}")
+
+    results: list[StreamResult | None] = [None] * len(prompts)
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="bench") as pool:
+        futures = {pool.submit(one, text): index for index, text in enumerate(prompts)}
+        for future in as_completed(futures):
+            results[futures[future]] = future.result()
+            if progress is not None:
+                progress()
+    wall_time = time.perf_counter() - started
+    for held in sessions:
+        held.close()
+    return [r for r in results if r is not None], wall_time
+
+
+def _probe_function(config: RunConfig) -> Callable[[str], int]:
+    session = requests.Session()
+
+    def probe(text: str) -> int:
+        result = stream_chat_completion(
+            session,
+            config.endpoint,
+            config.model,
+            [{"role": "user", "content": text}],
+            max_tokens=1,
+            timeouts=config.timeouts,
+        )
+        if result.error is not None or result.prompt_tokens is None:
+            raise BenchError(f"calibration probe failed: {result.error}")
+        return result.prompt_tokens
+
+    return probe
+
+
+def run_benchmark(args: argparse.Namespace, config: RunConfig) -> tuple[dict[str, Any], str]:
+    """Calibrate, warm up, run; return the JSON report and the Markdown tables."""
+    run_id = args.run_id or f"{random.SystemRandom().getrandbits(32):08x}"
+    factory = PromptFactory(run_id=run_id, seed=args.seed)
+    plan = calibrate(_probe_function(config), factory, args.input_tokens, args.shared_prefix_fraction)
+    if args.warmup_requests:
+        warmup_prompts = [
+            factory.text(-(100 + i), plan.words, plan.shared_words) for i in range(args.warmup_requests)
+        ]
+        warmup_config = replace(config, concurrency=min(config.concurrency, len(warmup_prompts)))
+        warmup_results, _ = run_requests(warmup_config, warmup_prompts)
+        if all(not r.ok for r in warmup_results):
+            raise BenchError(f"every warm-up request failed; first error: {warmup_results[0].error}")
+    prompts = [factory.text(i, plan.words, plan.shared_words) for i in range(args.requests)]
+    bar = _progress_bar(args.requests, enabled=not args.no_progress)
+    try:
+        results, wall_time = run_requests(config, prompts, progress=bar.update if bar else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    records = [record_from(r) for r in results]
+    summary = summarize(records, wall_time_s=wall_time, concurrency=config.concurrency)
+    scenario = {
+        "requests": args.requests,
+        "concurrency": config.concurrency,
+        "input_tokens": args.input_tokens,
+        "output_tokens": config.max_tokens,
+        "shared_prefix_fraction": args.shared_prefix_fraction,
+        "warmup_requests": args.warmup_requests,
+        "model": config.model,
+        "endpoint": config.endpoint.api_base,
+        "run_id": run_id,
+        "extra_body": config.extra_body,
+    }
+    report = {
+        "scenario": scenario,
+        "calibration": asdict(plan),
+        "summary": summary,
+        "requests": [record.to_json() for record in records],
+    }
+    scenario_line = (
+        f"{args.requests} requests, {config.concurrency} concurrent, ~{args.input_tokens} input tokens "
+        f"(calibrated: {plan.calibrated_prompt_tokens}), up to {config.max_tokens} output tokens, "
+        f"model {config.model}"
+    )
+    markdown = template_table(summary, scenario_line) + "\n\n" + distribution_table(summary)
+    return report, markdown
+
+
+def _progress_bar(total: int, enabled: bool):  # -> tqdm | None
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="req", desc="bench", file=sys.stderr, dynamic_ncols=True)
+
+
+def write_latency_plot(records: Sequence[dict[str, Any]], path: Path) -> None:
+    """Histogram of end-to-end latency and TTFT of the successful requests (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in records if r["error"] is None]
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    axes[0].hist([r["latency_s"] for r in ok], bins=30, color="tab:blue")
+    axes[0].set_xlabel("end-to-end latency (s)")
+    axes[1].hist([r["ttft_s"] for r in ok if r["ttft_s"] is not None], bins=30, color="tab:orange")
+    axes[1].set_xlabel("TTFT (s)")
+    for axis in axes:
+        axis.set_ylabel("requests")
+    figure.suptitle(f"{len(ok)} successful requests")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def validate(args: argparse.Namespace) -> None:
+    for name in ("requests", "concurrency", "input_tokens", "output_tokens"):
+        if getattr(args, name) < 1:
+            raise SettingsError(f"--{name.replace('_', '-')} {getattr(args, name)} must be at least 1")
+    if args.warmup_requests < 0:
+        raise SettingsError(f"--warmup-requests {args.warmup_requests} must be 0 or more")
+    if not 0.0 <= args.shared_prefix_fraction < 1.0:
+        raise SettingsError(f"--shared-prefix-fraction {args.shared_prefix_fraction} must lie in [0, 1)")
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise SettingsError("--plot needs matplotlib: pip install matplotlib==3.11.2") from None
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        validate(args)
+        settings = resolve_settings(args)
+        endpoint = Endpoint.from_base_url(settings.base_url, settings.api_key)
+        timeouts = timeouts_from(args)
+    except (SettingsError, ValueError) as exc:
+        print(f"bench FAILED: {exc}", file=sys.stderr)
+        return EXIT_BAD_SETTINGS
+    extra_body: dict[str, Any] = {"ignore_eos": True} if args.ignore_eos else {}
+    config = RunConfig(endpoint, settings.model, args.output_tokens, args.concurrency, timeouts, extra_body)
+    try:
+        report, markdown = run_benchmark(args, config)
+    except BenchError as exc:
+        print(f"bench FAILED: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("bench FAILED: interrupted", file=sys.stderr)
+        return 130
+    print(markdown)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    if args.plot:
+        write_latency_plot(report["requests"], Path(args.plot))
+    summary = report["summary"]
+    if summary["requests_failed"]:
+        first_error = next(r["error"] for r in report["requests"] if r["error"] is not None)
+        total = summary["requests_failed"] + summary["requests_ok"]
+        print(
+            f"bench: {summary['requests_failed']} of {total} requests failed; first error: {first_error}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "bench",
+        help="run the template's benchmark scenario and fill in its table",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_endpoint_arguments(parser)
+    scenario = parser.add_argument_group("scenario")
+    scenario.add_argument("--requests", type=int, default=DEFAULT_REQUESTS, help="timed requests (default 150)")
+    scenario.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="requests in flight (default 16)")
+    scenario.add_argument("--input-tokens", type=int, default=DEFAULT_INPUT_TOKENS, help="prompt tokens per request (default 4000)")
+    scenario.add_argument("--output-tokens", type=int, default=DEFAULT_OUTPUT_TOKENS, help="max_tokens per request (default 1000)")
+    scenario.add_argument("--warmup-requests", type=int, default=2, help="uncounted requests before the run (default 2)")
+    scenario.add_argument(
+        "--shared-prefix-fraction",
+        type=float,
+        default=0.0,
+        help="share of each prompt that is the same in every request, to measure KV block reuse (default 0: none)",
+    )
+    scenario.add_argument("--ignore-eos", action="store_true", help="send ignore_eos: true (TensorRT-LLM, vLLM)")
+    scenario.add_argument("--seed", type=int, default=0, help="seed of the filler text")
+    scenario.add_argument("--run-id", help="marker in every prompt (default: random, so runs never share a cache)")
+    output = parser.add_argument_group("output")
+    output.add_argument("--json", metavar="FILE", help="write summary and per-request results as JSON")
+    output.add_argument("--plot", metavar="PNG", help="write a latency/TTFT histogram (needs matplotlib)")
+    output.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_timeout_arguments(parser, read=120.0, total=900.0)
+    parser.set_defaults(func=main)
