@@ -1,0 +1,162 @@
+"""A private, OpenAI-compatible endpoint for openai/gpt-oss-120b on TensorRT-LLM, on EKS p5 nodes.
+
+Read top to bottom, this is the table of contents of the stack:
+
+  1. settings      every config key parsed and validated before anything is registered
+  2. platform      VPC -> EKS -> system + GPU node groups -> NVIDIA device plugin -> k8s provider
+                   (or, with `kubeconfig` set, an existing cluster that already has GPU nodes)
+  3. workload      trtllm-serve replicas behind an API-key gateway and an internal NLB
+  4. outputs       what app teams need to call the endpoint
+"""
+
+from __future__ import annotations
+
+import pulumi
+import pulumi_aws as aws
+
+from components.cluster import ADDONS_NEEDING_NODES, NODE_PREREQUISITE_ADDONS, ClusterArgs, EksCluster
+from components.device_plugin import DevicePluginArgs, NvidiaDevicePlugin, ami_needs_device_plugin
+from components.gpu_nodes import (
+    GpuNodeGroup,
+    GpuNodeGroupArgs,
+    NodeRole,
+    NodeRoleArgs,
+    SystemNodeGroup,
+    SystemNodeGroupArgs,
+)
+from components.inference_server import InferenceServer, InferenceServerArgs
+from components.network import Network, NetworkArgs, choose_zones
+from components.platform import KubernetesPlatform, existing_cluster_platform, kubernetes_provider
+from components.settings import SettingsError, StackSettings, load_settings
+
+
+def availability_zones(settings: StackSettings) -> list[str]:
+    """The zones the VPC spans; a Capacity Block's zone is always one of them."""
+    available = aws.get_availability_zones(
+        state="available",
+        # Local and Wavelength zones are opt-in and have no p5 capacity.
+        filters=[aws.GetAvailabilityZonesFilterArgs(
+            name="opt-in-status", values=["opt-in-not-required"])],
+    ).names
+    try:
+        return choose_zones(
+            sorted(available),
+            settings.network.availability_zone_count,
+            settings.gpu_nodes.capacity_reservation_zone,
+        )
+    except ValueError as error:
+        key = ("capacityReservationZone" if settings.gpu_nodes.capacity_reservation_zone
+               else "availabilityZoneCount")
+        raise SettingsError([f"gpt-oss-trtllm:{key}: {error}"]) from None
+
+
+def create_aws_platform(settings: StackSettings) -> tuple[KubernetesPlatform, dict[str, object]]:
+    """Network, cluster, node groups and device plugin; returns the platform and its outputs."""
+    name = settings.cluster.name
+    tags = {"gpt-oss/stack": pulumi.get_stack(), "gpt-oss/cluster": name}
+    zones = availability_zones(settings)
+
+    network = Network("network", NetworkArgs(
+        cidr=settings.network.vpc_cidr, zones=zones, cluster_name=name, tags=tags))
+
+    cluster = EksCluster("cluster", ClusterArgs(
+        name=name,
+        kubernetes_version=settings.cluster.kubernetes_version,
+        region=settings.region or "",
+        subnet_ids=[*network.private_subnet_ids, *network.public_subnet_ids],
+        admin_role_arns=settings.cluster.admin_role_arns,
+        api_public_access_cidrs=settings.cluster.api_public_access_cidrs,
+        tags=tags,
+    ))
+    networking_addons = cluster.install_addons(NODE_PREREQUISITE_ADDONS)
+
+    node_role = NodeRole("node-role", NodeRoleArgs(cluster_name=name, tags=tags))
+    system_nodes = SystemNodeGroup("system-nodes", SystemNodeGroupArgs(
+        cluster_name=cluster.name,
+        kubernetes_version=cluster.version,
+        node_role=node_role,
+        subnet_ids=network.private_subnet_ids,
+        nodes=settings.system_nodes,
+        tags=tags,
+    ), opts=pulumi.ResourceOptions(depends_on=networking_addons))
+    cluster.install_addons(ADDONS_NEEDING_NODES, depends_on=[system_nodes])
+
+    reservation_zone = settings.gpu_nodes.capacity_reservation_zone
+    gpu_nodes = GpuNodeGroup("gpu-nodes", GpuNodeGroupArgs(
+        cluster_name=cluster.name,
+        kubernetes_version=cluster.version,
+        node_role=node_role,
+        # A Capacity Block exists in one zone only: place the nodes there.
+        subnet_ids=([network.private_subnet_ids_by_zone[reservation_zone]] if reservation_zone
+                    else network.private_subnet_ids),
+        nodes=settings.gpu_nodes,
+        tags=tags,
+    ), opts=pulumi.ResourceOptions(depends_on=networking_addons))
+
+    provider = kubernetes_provider("eks", cluster.kubeconfig, depends_on=[cluster])
+    workload_dependencies: list[pulumi.Resource] = [gpu_nodes]
+    if ami_needs_device_plugin(settings.gpu_nodes.ami_type):
+        workload_dependencies.append(NvidiaDevicePlugin("nvidia-device-plugin", DevicePluginArgs(
+            provider=provider,
+            gpu_node_selector=settings.gpu_nodes.labels,
+            depends_on=[gpu_nodes],
+        )))
+
+    platform = KubernetesPlatform(
+        provider=provider,
+        cluster_name=cluster.name,
+        kms_key_arn=cluster.kms_key_arn,
+        vpc_cidr=settings.network.vpc_cidr,
+        workload_dependencies=workload_dependencies,
+    )
+    outputs = {
+        "kubeconfig": cluster.kubeconfig,
+        "gpuNodeGroupName": gpu_nodes.node_group_name,
+        "vpcId": network.vpc_id,
+        "privateSubnetIds": network.private_subnet_ids,
+        "availabilityZones": zones,
+        "kmsKeyArn": cluster.kms_key_arn,
+    }
+    return platform, outputs
+
+
+def main() -> None:
+    settings, secrets = load_settings()
+
+    if settings.existing_cluster:
+        assert secrets.kubeconfig is not None
+        platform = existing_cluster_platform(settings.cluster.name, secrets.kubeconfig)
+        platform_outputs: dict[str, object] = {}
+    else:
+        platform, platform_outputs = create_aws_platform(settings)
+
+    server = InferenceServer("gpt-oss", InferenceServerArgs(
+        serving=settings.serving,
+        endpoint=settings.endpoint,
+        gpu_nodes=settings.gpu_nodes,
+        platform=platform,
+        hf_access_token=secrets.hf_access_token,
+    ))
+
+    # What app teams need: where to send requests, with which model name and key.
+    pulumi.export("endpoint", server.endpoint)
+    pulumi.export("model", server.model)
+    pulumi.export("apiKey", pulumi.Output.secret(server.api_key))
+    pulumi.export("namespace", server.namespace)
+    pulumi.export("serviceName", server.service_name)
+    pulumi.export("clusterName", platform.cluster_name)
+    pulumi.export("region", settings.region)
+    if not settings.existing_cluster:
+        pulumi.export("gpuInstanceType", settings.gpu_nodes.instance.name)
+        pulumi.export("gpuNodeCount", settings.gpu_nodes.node_count)
+        pulumi.export("gpuCapacityType", settings.gpu_nodes.capacity_type)
+        price = settings.gpu_nodes.instance.on_demand_usd_per_hour
+        if price is not None:
+            # On-demand list price of the GPU nodes alone (FACTS.md); Capacity Blocks and Spot
+            # are priced differently, and EKS, NAT and EBS add a few dollars a day.
+            pulumi.export("gpuOnDemandUsdPerHour", round(price * settings.gpu_nodes.node_count, 2))
+        for key, value in platform_outputs.items():
+            pulumi.export(key, pulumi.Output.secret(value) if key == "kubeconfig" else value)
+
+
+main()

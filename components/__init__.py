@@ -1,0 +1,1 @@
+"""Pulumi ComponentResources of the stack (network, cluster, nodes, device plugin, workload)."""

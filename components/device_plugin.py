@@ -1,0 +1,88 @@
+"""NVIDIA's Kubernetes device plugin, for AMIs that ship the driver but not the plugin.
+
+The EKS AL2023 NVIDIA AMI has the driver and container toolkit; without this DaemonSet no node
+advertises `nvidia.com/gpu` and every GPU pod stays Pending. Written as plain Kubernetes objects
+(not the Helm chart) so `make plan` shows them and the schema test validates them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from components.gpu_nodes import GPU_TAINT_KEY
+
+# Pinned: a new plugin release is a change to review, not something a redeploy picks up.
+# v0.20.0 is the newest release tag of NVIDIA/k8s-device-plugin (August 2026).
+DEVICE_PLUGIN_VERSION = "v0.20.0"
+DEVICE_PLUGIN_IMAGE = f"nvcr.io/nvidia/k8s-device-plugin:{DEVICE_PLUGIN_VERSION}"
+DEVICE_PLUGIN_SOCKET_DIR = "/var/lib/kubelet/device-plugins"
+
+
+@dataclass(frozen=True)
+class DevicePluginArgs:
+    provider: k8s.Provider
+    # Labels the GPU nodes carry (gpuNodeSelector): the plugin runs there and nowhere else.
+    gpu_node_selector: dict[str, str]
+    namespace: str = "kube-system"
+    depends_on: list[pulumi.Resource] = field(default_factory=list)
+
+
+class NvidiaDevicePlugin(pulumi.ComponentResource):
+    daemon_set: k8s.apps.v1.DaemonSet
+
+    def __init__(self, name: str, args: DevicePluginArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("gpt-oss:kubernetes:NvidiaDevicePlugin", name, None, opts)
+        labels = {"app.kubernetes.io/name": "nvidia-device-plugin",
+                  "app.kubernetes.io/version": DEVICE_PLUGIN_VERSION}
+        self.daemon_set = k8s.apps.v1.DaemonSet(
+            f"{name}-daemonset",
+            metadata=k8s.meta.v1.ObjectMetaArgs(
+                name="nvidia-device-plugin", namespace=args.namespace, labels=labels,
+            ),
+            spec=k8s.apps.v1.DaemonSetSpecArgs(
+                selector=k8s.meta.v1.LabelSelectorArgs(
+                    match_labels={"app.kubernetes.io/name": "nvidia-device-plugin"}),
+                update_strategy=k8s.apps.v1.DaemonSetUpdateStrategyArgs(type="RollingUpdate"),
+                template=k8s.core.v1.PodTemplateSpecArgs(
+                    metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels),
+                    spec=k8s.core.v1.PodSpecArgs(
+                        node_selector=dict(args.gpu_node_selector),
+                        tolerations=[k8s.core.v1.TolerationArgs(
+                            key=GPU_TAINT_KEY, operator="Exists", effect="NoSchedule")],
+                        # Evicting the plugin would take every GPU off the node's capacity.
+                        priority_class_name="system-node-critical",
+                        containers=[k8s.core.v1.ContainerArgs(
+                            name="nvidia-device-plugin",
+                            image=DEVICE_PLUGIN_IMAGE,
+                            env=[k8s.core.v1.EnvVarArgs(name="FAIL_ON_INIT_ERROR", value="false")],
+                            resources=k8s.core.v1.ResourceRequirementsArgs(
+                                requests={"cpu": "50m", "memory": "64Mi"},
+                                limits={"memory": "256Mi"},
+                            ),
+                            security_context=k8s.core.v1.SecurityContextArgs(
+                                allow_privilege_escalation=False,
+                                capabilities=k8s.core.v1.CapabilitiesArgs(drop=["ALL"]),
+                            ),
+                            volume_mounts=[k8s.core.v1.VolumeMountArgs(
+                                name="device-plugins", mount_path=DEVICE_PLUGIN_SOCKET_DIR)],
+                        )],
+                        volumes=[k8s.core.v1.VolumeArgs(
+                            name="device-plugins",
+                            host_path=k8s.core.v1.HostPathVolumeSourceArgs(
+                                path=DEVICE_PLUGIN_SOCKET_DIR, type="Directory"),
+                        )],
+                    ),
+                ),
+            ),
+            opts=pulumi.ResourceOptions(
+                parent=self, provider=args.provider, depends_on=args.depends_on),
+        )
+        self.register_outputs({"image": DEVICE_PLUGIN_IMAGE})
+
+
+def ami_needs_device_plugin(ami_type: str) -> bool:
+    """Bottlerocket's NVIDIA variants ship the device plugin; AL2023's NVIDIA AMI does not."""
+    return not ami_type.startswith("BOTTLEROCKET")

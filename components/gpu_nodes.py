@@ -1,0 +1,295 @@
+"""Worker nodes: the p5 GPU node group that runs the model and a small system node group.
+
+GPU nodes: EKS managed node group on the NVIDIA AMI, tainted so only GPU pods land there, with a
+launch template that requires IMDSv2, sizes and encrypts the root volume and turns the eight local
+NVMe drives into one RAID0 array (AL2023 nodeadm, or Bottlerocket's ephemeral-storage API).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+
+import pulumi
+import pulumi_aws as aws
+
+from components.settings import GpuNodeSettings, SystemNodeSettings
+
+GPU_TAINT_KEY = "nvidia.com/gpu"
+# AL2023: nodeadm's RAID0 strategy assembles every instance-store NVMe drive into one array and
+# mounts it at /mnt/k8s-disks/0 (the workload's weights cache, `weightsHostPath`, lives there).
+AL2023_RAID_MOUNT = "/mnt/k8s-disks/0"
+MIME_BOUNDARY = "==GPT-OSS-NODECONFIG=="
+
+# Managed policies a node needs and nothing more: join the cluster, let the VPC CNI manage pod
+# IPs, pull images from ECR (the EKS add-on images). No SSM: `kubectl debug node/<name>` gives a
+# shell on a node without an extra agent and IAM permission on every GPU node.
+NODE_MANAGED_POLICIES = (
+    "AmazonEKSWorkerNodePolicy",
+    "AmazonEKS_CNI_Policy",
+    "AmazonEC2ContainerRegistryReadOnly",
+)
+
+
+def al2023_user_data() -> str:
+    """nodeadm NodeConfig (MIME part) that makes the local NVMe drives one RAID0 array.
+
+    EKS merges its own NodeConfig (cluster endpoint, CA, CIDR) with this one, so only the
+    instance options appear here.
+    """
+    node_config = "\n".join([
+        "---",
+        "apiVersion: node.eks.aws/v1alpha1",
+        "kind: NodeConfig",
+        "spec:",
+        "  instance:",
+        "    localStorage:",
+        "      strategy: RAID0",
+    ])
+    return "\n".join([
+        "MIME-Version: 1.0",
+        f'Content-Type: multipart/mixed; boundary="{MIME_BOUNDARY}"',
+        "",
+        f"--{MIME_BOUNDARY}",
+        "Content-Type: application/node.eks.aws",
+        "",
+        node_config,
+        "",
+        f"--{MIME_BOUNDARY}--",
+        "",
+    ])
+
+
+def bottlerocket_user_data() -> str:
+    """Bottlerocket settings (TOML): RAID0 over the local NVMe, bound under containerd/kubelet.
+
+    `apiclient ephemeral-storage init` builds the array from all instance-store drives; `bind`
+    moves the image store, pod volumes and logs onto it. A hostPath outside those directories
+    (such as the AL2023 default weightsHostPath) lands on the EBS data volume instead.
+    """
+    commands = [
+        ["apiclient", "ephemeral-storage", "init"],
+        ["apiclient", "ephemeral-storage", "bind", "--dirs",
+         "/var/lib/containerd", "/var/lib/kubelet", "/var/log/pods"],
+    ]
+    return "\n".join([
+        "[settings.bootstrap-commands.k8s-ephemeral-storage]",
+        f"commands = {json.dumps(commands)}",
+        "essential = true",
+        'mode = "always"',
+        "",
+    ])
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+@dataclass(frozen=True)
+class NodeRoleArgs:
+    cluster_name: str
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+class NodeRole(pulumi.ComponentResource):
+    """The IAM role both node groups' instances run as."""
+
+    arn: pulumi.Output[str]
+    attachments: list[aws.iam.RolePolicyAttachment]
+
+    def __init__(self, name: str, args: NodeRoleArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("gpt-oss:aws:NodeRole", name, None, opts)
+        partition = aws.get_partition().partition
+        role = aws.iam.Role(
+            f"{name}-role",
+            assume_role_policy=json.dumps({
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"},
+                               "Action": "sts:AssumeRole"}],
+            }),
+            description=f"Worker nodes of EKS cluster {args.cluster_name}",
+            tags=args.tags,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.attachments = [
+            aws.iam.RolePolicyAttachment(
+                f"{name}-{policy}",
+                role=role.name,
+                policy_arn=f"arn:{partition}:iam::aws:policy/{policy}",
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+            for policy in NODE_MANAGED_POLICIES
+        ]
+        self.arn = role.arn
+        self.register_outputs({"arn": self.arn})
+
+
+@dataclass(frozen=True)
+class GpuNodeGroupArgs:
+    cluster_name: pulumi.Input[str]
+    kubernetes_version: pulumi.Input[str]
+    node_role: NodeRole
+    # Private subnets to place nodes in; with a Capacity Block only the reservation's zone's.
+    subnet_ids: list[pulumi.Input[str]]
+    nodes: GpuNodeSettings
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+class GpuNodeGroup(pulumi.ComponentResource):
+    node_group: aws.eks.NodeGroup
+    node_group_name: pulumi.Output[str]
+    launch_template: aws.ec2.LaunchTemplate
+
+    def __init__(self, name: str, args: GpuNodeGroupArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("gpt-oss:aws:GpuNodeGroup", name, None, opts)
+        nodes = args.nodes
+        bottlerocket = nodes.ami_type.startswith("BOTTLEROCKET")
+        capacity_block = nodes.capacity_type == "CAPACITY_BLOCK"
+
+        self.launch_template = aws.ec2.LaunchTemplate(
+            f"{name}-launch-template",
+            description=f"{nodes.instance.name} GPU nodes: IMDSv2, encrypted gp3 root, NVMe RAID0",
+            update_default_version=True,
+            # A Capacity Block's launch template names the instance type (EKS user guide,
+            # "Capacity Blocks for ML" with managed node groups); then the node group must not.
+            instance_type=nodes.instance.name if capacity_block else None,
+            metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(
+                http_endpoint="enabled",
+                http_tokens="required",
+                # Hop limit 1: only host-network pods (VPC CNI, kube-proxy, the Pod Identity
+                # agent) reach the instance metadata service. The model server runs downloaded
+                # model code (trust_remote_code); it must not be able to take the node's IAM
+                # credentials. Pods that need AWS access get EKS Pod Identity instead.
+                http_put_response_hop_limit=1,
+            ),
+            block_device_mappings=[aws.ec2.LaunchTemplateBlockDeviceMappingArgs(
+                # Bottlerocket keeps the OS on /dev/xvda and containers on the /dev/xvdb data
+                # volume; AL2023 has one root volume. Either way this volume holds the 20-30 GB
+                # TensorRT-LLM image until the NVMe array takes over containerd's storage.
+                device_name="/dev/xvdb" if bottlerocket else "/dev/xvda",
+                ebs=aws.ec2.LaunchTemplateBlockDeviceMappingEbsArgs(
+                    volume_size=nodes.root_volume_gib,
+                    volume_type="gp3",
+                    # Image pulls are throughput-bound: 250 MiB/s instead of gp3's 125 baseline.
+                    throughput=250,
+                    iops=3000,
+                    encrypted="true",
+                    delete_on_termination="true",
+                ),
+            )],
+            user_data=_b64(bottlerocket_user_data() if bottlerocket else al2023_user_data()),
+            instance_market_options=aws.ec2.LaunchTemplateInstanceMarketOptionsArgs(
+                market_type="capacity-block",
+            ) if capacity_block else None,
+            capacity_reservation_specification=(
+                aws.ec2.LaunchTemplateCapacityReservationSpecificationArgs(
+                    capacity_reservation_target=aws.ec2.LaunchTemplateCapacityReservationSpecificationCapacityReservationTargetArgs(
+                        capacity_reservation_id=nodes.capacity_reservation_id,
+                    ),
+                ) if capacity_block else None
+            ),
+            tag_specifications=[
+                aws.ec2.LaunchTemplateTagSpecificationArgs(
+                    resource_type=kind, tags={**args.tags, "Name": f"{name}-gpu-node"})
+                for kind in ("instance", "volume")
+            ],
+            tags=args.tags,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+
+        self.node_group = aws.eks.NodeGroup(
+            f"{name}-node-group",
+            cluster_name=args.cluster_name,
+            node_group_name=pulumi.Output.from_input(args.cluster_name).apply(lambda c: f"{c}-gpu"),
+            version=args.kubernetes_version,
+            node_role_arn=args.node_role.arn,
+            subnet_ids=args.subnet_ids,
+            ami_type=nodes.ami_type,
+            capacity_type=nodes.capacity_type,
+            instance_types=None if capacity_block else [nodes.instance.name],
+            # GPU capacity is planned, not autoscaled: a p5 takes minutes to boot and tens of
+            # minutes to load the model, so the group holds exactly gpuNodeCount nodes.
+            scaling_config=aws.eks.NodeGroupScalingConfigArgs(
+                desired_size=nodes.node_count, min_size=nodes.node_count, max_size=nodes.node_count,
+            ),
+            update_config=aws.eks.NodeGroupUpdateConfigArgs(max_unavailable=1),
+            labels=dict(nodes.labels),
+            taints=[aws.eks.NodeGroupTaintArgs(key=GPU_TAINT_KEY, value="true", effect="NO_SCHEDULE")],
+            launch_template=aws.eks.NodeGroupLaunchTemplateArgs(
+                id=self.launch_template.id,
+                version=self.launch_template.latest_version.apply(str),
+            ),
+            tags=args.tags,
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=list(args.node_role.attachments),
+                # A p5 node takes minutes to launch and pass EKS health checks; a Capacity Block
+                # only launches once its window starts.
+                custom_timeouts=pulumi.CustomTimeouts(create="60m", update="90m"),
+            ),
+        )
+        self.node_group_name = self.node_group.node_group_name
+        self.register_outputs({"nodeGroupName": self.node_group_name})
+
+
+@dataclass(frozen=True)
+class SystemNodeGroupArgs:
+    cluster_name: pulumi.Input[str]
+    kubernetes_version: pulumi.Input[str]
+    node_role: NodeRole
+    subnet_ids: list[pulumi.Input[str]]
+    nodes: SystemNodeSettings
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+class SystemNodeGroup(pulumi.ComponentResource):
+    """Small on-demand nodes for CoreDNS and other add-ons, which do not tolerate the GPU taint."""
+
+    node_group: aws.eks.NodeGroup
+
+    def __init__(self, name: str, args: SystemNodeGroupArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("gpt-oss:aws:SystemNodeGroup", name, None, opts)
+        launch_template = aws.ec2.LaunchTemplate(
+            f"{name}-launch-template",
+            description="System nodes: IMDSv2, encrypted gp3 root",
+            update_default_version=True,
+            metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(
+                http_endpoint="enabled",
+                http_tokens="required",
+                # 2: add-ons such as the AWS Load Balancer Controller read the region and VPC
+                # from instance metadata from inside a pod network namespace (one extra hop).
+                http_put_response_hop_limit=2,
+            ),
+            block_device_mappings=[aws.ec2.LaunchTemplateBlockDeviceMappingArgs(
+                device_name="/dev/xvda",
+                ebs=aws.ec2.LaunchTemplateBlockDeviceMappingEbsArgs(
+                    volume_size=50, volume_type="gp3", encrypted="true", delete_on_termination="true",
+                ),
+            )],
+            tags=args.tags,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.node_group = aws.eks.NodeGroup(
+            f"{name}-node-group",
+            cluster_name=args.cluster_name,
+            node_group_name=pulumi.Output.from_input(args.cluster_name).apply(lambda c: f"{c}-system"),
+            version=args.kubernetes_version,
+            node_role_arn=args.node_role.arn,
+            subnet_ids=args.subnet_ids,
+            ami_type="AL2023_x86_64_STANDARD",
+            capacity_type="ON_DEMAND",
+            instance_types=[args.nodes.instance_type],
+            scaling_config=aws.eks.NodeGroupScalingConfigArgs(
+                desired_size=args.nodes.node_count, min_size=args.nodes.node_count,
+                max_size=args.nodes.node_count,
+            ),
+            update_config=aws.eks.NodeGroupUpdateConfigArgs(max_unavailable=1),
+            labels={"gpt-oss/node-role": "system"},
+            launch_template=aws.eks.NodeGroupLaunchTemplateArgs(
+                id=launch_template.id, version=launch_template.latest_version.apply(str),
+            ),
+            tags=args.tags,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.node_role.attachments)),
+        )
+        self.register_outputs({"nodeGroupName": self.node_group.node_group_name})
