@@ -29,7 +29,8 @@ class ReplayScript:
 
     reasoning_tokens: int = 3
     content_tokens: int = 4
-    prompt_tokens: int = 11
+    # Prompt tokens are counted like a toy tokenizer: this overhead plus one per word.
+    prompt_overhead_tokens: int = 11
     first_delay_s: float = 0.0
     reasoning_delay_s: float = 0.0
     content_delay_s: float = 0.0
@@ -144,11 +145,10 @@ class ReplayHandler(BaseHTTPRequestHandler):
             completion = script.completion_tokens_reported
             if completion is None:
                 completion = script.reasoning_tokens + script.content_tokens
-            usage = {
-                "prompt_tokens": script.prompt_tokens,
-                "completion_tokens": completion,
-                "total_tokens": script.prompt_tokens + completion,
-            }
+            prompt = script.prompt_overhead_tokens + sum(
+                len(str(m.get("content", "")).split()) for m in body.get("messages", [])
+            )
+            usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
             data("usage", 0.0, chunk({}, usage=usage))
         data("done", 0.0, "[DONE]")
         return events
@@ -195,6 +195,11 @@ class ReplayServer(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), ReplayHandler)
         self.state = state
         self._thread = threading.Thread(target=self.serve_forever, name="sse-replay", daemon=True)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # Clients under test hang up mid-stream on purpose; keep the server's side quiet so the
+        # tests can assert that the client printed no traceback.
+        pass
 
     @property
     def base_url(self) -> str:
