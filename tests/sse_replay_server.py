@@ -59,6 +59,7 @@ class ReplayState:
     mode: str = "good"
     script: ReplayScript = field(default_factory=ReplayScript)
     stall_s: float = 5.0
+    health_status: int = 200
     requests_seen: int = 0
     sent_at: list[list[tuple[str, float]]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -88,7 +89,7 @@ class ReplayHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         if self.path == "/health":
-            self._json(200, {"status": "ok"})
+            self._json(self.server.state.health_status, {"status": "ok" if self.server.state.health_status == 200 else "unhealthy"})
         elif self.path == "/v1/models":
             if self._authorized():
                 self._json(200, {"object": "list", "data": [{"id": self.server.state.model, "object": "model"}]})
