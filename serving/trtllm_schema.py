@@ -216,9 +216,10 @@ _BASE_LLM_ARGS: dict[str, Field] = {
 
 _TORCH_LLM_ARGS: dict[str, Field] = {
     "garbage_collection_gen0_threshold": _f("int", 20000, status=_B),
-    "cuda_graph_config": _obj(
-        "CudaGraphConfig", factory=True, status=_B,
-        note="null disables CUDA graphs; a mapping enables them"),
+    # Optional[CudaGraphConfig] with a default factory: built by default, null allowed.
+    "cuda_graph_config": Field("object", BUILT_FROM_DEFAULTS, nested="CudaGraphConfig", status=_B,
+                               nullable=True,
+                               note="null disables CUDA graphs; a mapping enables them"),
     "attention_dp_config": _obj("AttentionDpConfig", factory=False, status=_B),
     "disable_overlap_scheduler": _f("bool", False, status=_B),
     "moe_config": Field("object", BUILT_FROM_DEFAULTS, nested="MoeConfig", status=_B,
