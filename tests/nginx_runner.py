@@ -1,19 +1,29 @@
 """Start and stop a real nginx (Debian's package) on a rendered gateway configuration.
 
 Tests use this to run the very nginx.conf that the pod gets, with only the paths and ports
-moved into a temporary prefix on 127.0.0.1.
+moved into a private prefix and the listener on 127.0.0.1.
+
+In the pod nginx runs as uid 101 with nothing writable but /tmp. To show the configuration needs
+no root, nginx runs here as an unprivileged user too: when the tests run as root, as `nobody`,
+in a prefix that only that user owns (under /tmp, since pytest's own temp tree is closed to
+other users).
 """
 
 from __future__ import annotations
 
+import os
+import pwd
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from serving.gateway import (
     TEST_NGINX_DEBIAN_PACKAGE,
@@ -25,6 +35,7 @@ from serving.gateway import (
 NGINX_SEARCH_PATHS = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx")
 STARTUP_TIMEOUT_SECONDS = 10.0
 SHUTDOWN_TIMEOUT_SECONDS = 10.0
+UNPRIVILEGED_USER = "nobody"
 
 
 class NginxMissingError(RuntimeError):
@@ -62,6 +73,38 @@ def wait_for_port(port: int, timeout_seconds: float, process: subprocess.Popen |
     raise TimeoutError(f"nothing listened on 127.0.0.1:{port} within {timeout_seconds} s")
 
 
+def _unprivileged_account() -> pwd.struct_passwd | None:
+    """The account nginx runs as: `nobody` when we are root, else ourselves (None)."""
+    if os.geteuid() != 0:
+        return None
+    return pwd.getpwnam(UNPRIVILEGED_USER)
+
+
+def _run_as_kwargs() -> dict[str, Any]:
+    account = _unprivileged_account()
+    if account is None:
+        return {}
+    return {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+
+
+def _hand_over(prefix: Path) -> None:
+    """Give the prefix to the unprivileged account, as the pod's /tmp belongs to uid 101."""
+    account = _unprivileged_account()
+    if account is None:
+        return
+    for path in (prefix, *prefix.rglob("*")):
+        os.chown(path, account.pw_uid, account.pw_gid)
+
+
+@contextmanager
+def gateway_prefix() -> Iterator[Path]:
+    prefix = Path(tempfile.mkdtemp(prefix="gateway-nginx-"))
+    try:
+        yield prefix
+    finally:
+        shutil.rmtree(prefix, ignore_errors=True)
+
+
 def settings_for_prefix(prefix: Path, upstream_port: int, listen_port: int) -> GatewaySettings:
     """The pod's settings with every path under `prefix` and the listener on loopback."""
     return GatewaySettings(
@@ -76,6 +119,35 @@ def settings_for_prefix(prefix: Path, upstream_port: int, listen_port: int) -> G
         error_log_path=str(prefix / "error.log"),
         # Short enough that a test's stop() never waits long for a half-read stream.
         shutdown_timeout_seconds=5,
+    )
+
+
+def write_gateway_files(prefix: Path, settings: GatewaySettings, api_keys: Sequence[str]) -> Path:
+    """Render nginx.conf and the key map into the prefix as the pod's mounts would hold them."""
+    key_map_path = Path(settings.api_key_map_path)
+    key_map_path.parent.mkdir(parents=True, exist_ok=True)
+    key_map_path.write_text(render_api_key_map(api_keys))
+    Path(settings.temp_dir).mkdir(parents=True, exist_ok=True)
+    conf_path = prefix / "nginx.conf"
+    conf_path.write_text(render_nginx_conf(settings))
+    _hand_over(prefix)
+    return conf_path
+
+
+def nginx_command(conf_path: Path, prefix: Path, *extra: str) -> list[str]:
+    # The pod's command line (serving.gateway.GATEWAY_COMMAND) plus the prefix.
+    return [find_nginx(), *extra, "-p", str(prefix), "-c", str(conf_path), "-g", "daemon off;"]
+
+
+def check_config(conf_path: Path, prefix: Path) -> subprocess.CompletedProcess:
+    """`nginx -t` as the unprivileged user: parses the file, opens the key map, logs and paths."""
+    return subprocess.run(
+        nginx_command(conf_path, prefix, "-t"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        **_run_as_kwargs(),
     )
 
 
@@ -99,12 +171,15 @@ class RunningNginx:
 
     @property
     def error_log(self) -> str:
-        path = Path(self.settings.error_log_path)
-        text = path.read_text() if path.exists() else ""
-        return text + self.stderr_path.read_text()
+        logs = [Path(self.settings.error_log_path), self.stderr_path]
+        return "".join(path.read_text() for path in logs if path.exists())
+
+    def reload(self) -> None:
+        """What `nginx -s reload` does: re-read nginx.conf and the key map, no dropped request."""
+        self.process.send_signal(signal.SIGHUP)
 
     def stop(self) -> None:
-        """Graceful stop (SIGQUIT, as the image's STOPSIGNAL), then kill if it hangs."""
+        """Graceful stop (SIGQUIT, the image's STOPSIGNAL), kill if it hangs; remove the prefix."""
         if self.stopped:
             return
         self.stopped = True
@@ -115,46 +190,29 @@ class RunningNginx:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=SHUTDOWN_TIMEOUT_SECONDS)
+        shutil.rmtree(self.prefix, ignore_errors=True)
 
 
-def write_gateway_files(prefix: Path, settings: GatewaySettings, api_keys: Sequence[str]) -> Path:
-    """Render nginx.conf and the key map into the prefix as the pod's mounts would hold them."""
-    key_map_path = Path(settings.api_key_map_path)
-    key_map_path.parent.mkdir(parents=True, exist_ok=True)
-    key_map_path.write_text(render_api_key_map(api_keys))
-    Path(settings.temp_dir).mkdir(parents=True, exist_ok=True)
-    conf_path = prefix / "nginx.conf"
-    conf_path.write_text(render_nginx_conf(settings))
-    return conf_path
-
-
-def check_config(conf_path: Path, prefix: Path) -> subprocess.CompletedProcess:
-    """`nginx -t` on the file: parses it, opens the included key map, the logs and paths."""
-    return subprocess.run(
-        [find_nginx(), "-t", "-p", str(prefix), "-c", str(conf_path), "-g", "daemon off;"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-
-
-def start_nginx(prefix: Path, upstream_port: int, api_keys: Sequence[str]) -> RunningNginx:
-    nginx = find_nginx()
+def start_nginx(upstream_port: int, api_keys: Sequence[str]) -> RunningNginx:
+    """nginx on a free loopback port in a fresh prefix, in front of 127.0.0.1:upstream_port."""
+    find_nginx()  # fail before creating anything
+    prefix = Path(tempfile.mkdtemp(prefix="gateway-nginx-"))
     settings = settings_for_prefix(prefix, upstream_port, free_loopback_port())
     conf_path = write_gateway_files(prefix, settings, api_keys)
     stderr_path = prefix / "nginx.stderr"
     with stderr_path.open("w") as stderr:
         process = subprocess.Popen(
-            [nginx, "-p", str(prefix), "-c", str(conf_path), "-g", "daemon off;"],
+            nginx_command(conf_path, prefix),
             stdin=subprocess.DEVNULL,
             stdout=stderr,
             stderr=stderr,
+            **_run_as_kwargs(),
         )
     running = RunningNginx(settings, prefix, conf_path, process, stderr_path)
     try:
         wait_for_port(settings.listen_port, STARTUP_TIMEOUT_SECONDS, process)
     except (RuntimeError, TimeoutError) as error:
+        log = running.error_log
         running.stop()
-        raise RuntimeError(f"nginx did not start: {error}\n{running.error_log}") from error
+        raise RuntimeError(f"nginx did not start: {error}\n{log}") from error
     return running
