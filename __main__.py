@@ -78,7 +78,8 @@ def create_aws_platform(settings: StackSettings) -> tuple[KubernetesPlatform, di
         subnet_ids=network.private_subnet_ids,
         nodes=settings.system_nodes,
         tags=tags,
-    ), opts=pulumi.ResourceOptions(depends_on=networking_addons))
+        depends_on=networking_addons,
+    ))
     cluster.install_addons(ADDONS_NEEDING_NODES, depends_on=[system_nodes])
 
     reservation_zone = settings.gpu_nodes.capacity_reservation_zone
@@ -91,7 +92,8 @@ def create_aws_platform(settings: StackSettings) -> tuple[KubernetesPlatform, di
                     else network.private_subnet_ids),
         nodes=settings.gpu_nodes,
         tags=tags,
-    ), opts=pulumi.ResourceOptions(depends_on=networking_addons))
+        depends_on=networking_addons,
+    ))
 
     provider = kubernetes_provider("eks", cluster.kubeconfig, depends_on=[cluster])
     workload_dependencies: list[pulumi.Resource] = [gpu_nodes]

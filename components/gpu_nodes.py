@@ -134,6 +134,8 @@ class GpuNodeGroupArgs:
     subnet_ids: list[pulumi.Input[str]]
     nodes: GpuNodeSettings
     tags: dict[str, str] = field(default_factory=dict)
+    # What must exist before nodes can become Ready (the VPC CNI and kube-proxy add-ons).
+    depends_on: list[pulumi.Resource] = field(default_factory=list)
 
 
 class GpuNodeGroup(pulumi.ComponentResource):
@@ -223,7 +225,7 @@ class GpuNodeGroup(pulumi.ComponentResource):
             tags=args.tags,
             opts=pulumi.ResourceOptions(
                 parent=self,
-                depends_on=list(args.node_role.attachments),
+                depends_on=[*args.node_role.attachments, *args.depends_on],
                 # A p5 node takes minutes to launch and pass EKS health checks; a Capacity Block
                 # only launches once its window starts.
                 custom_timeouts=pulumi.CustomTimeouts(create="60m", update="90m"),
@@ -241,6 +243,8 @@ class SystemNodeGroupArgs:
     subnet_ids: list[pulumi.Input[str]]
     nodes: SystemNodeSettings
     tags: dict[str, str] = field(default_factory=dict)
+    # What must exist before nodes can become Ready (the VPC CNI and kube-proxy add-ons).
+    depends_on: list[pulumi.Resource] = field(default_factory=list)
 
 
 class SystemNodeGroup(pulumi.ComponentResource):
@@ -290,6 +294,7 @@ class SystemNodeGroup(pulumi.ComponentResource):
                 id=launch_template.id, version=launch_template.latest_version.apply(str),
             ),
             tags=args.tags,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.node_role.attachments)),
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=[*args.node_role.attachments, *args.depends_on]),
         )
         self.register_outputs({"nodeGroupName": self.node_group.node_group_name})

@@ -96,7 +96,7 @@ def _vpc(mocks: PlanMocks, args: MockResourceArgs, state: dict) -> str:
 
 
 def _subnet(mocks: PlanMocks, args: MockResourceArgs, state: dict) -> str:
-    return f"<subnet-id:{state.get('availabilityZone', args.name)}>"
+    return f"<subnet-id:{args.name}>"
 
 
 def _eip(mocks: PlanMocks, args: MockResourceArgs, state: dict) -> str:

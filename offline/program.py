@@ -49,9 +49,11 @@ class PlannedResource:
     type: str
     name: str
     urn: str
+    id: str  # what the mocked cloud returned as the resource's id (what references carry)
     parent: str | None
     custom: bool
     provider: str | None
+    dependencies: list[str]  # URNs this resource waits for (depends_on and input dependencies)
     inputs: dict[str, Any]  # secrets unwrapped: for checks only
     state: dict[str, Any]  # inputs + what the mocked cloud returned, secrets unwrapped
     _wrapped_inputs: dict[str, Any] = field(repr=False, default_factory=dict)
@@ -170,6 +172,7 @@ class RecordingMonitor(MockMonitor):
                 "parent": request.parent or None,
                 "custom": bool(request.custom),
                 "provider": request.provider or None,
+                "dependencies": sorted(set(request.dependencies)),
                 "inputs": inputs,
             })
         return response
@@ -283,8 +286,12 @@ def run_program(
     if str(PROJECT_DIR) not in sys.path:
         sys.path.insert(0, str(PROJECT_DIR))
     try:
-        _sync_await(run_pulumi_func(
-            lambda: runpy.run_path(str(PROJECT_DIR / "__main__.py"), run_name="__main__")))
+        try:
+            _sync_await(run_pulumi_func(
+                lambda: runpy.run_path(str(PROJECT_DIR / "__main__.py"), run_name="__main__")))
+        except Exception as error:
+            error.add_note(f"resources registered before the error: {len(monitor.registrations)}")
+            raise
         outputs: dict[str, object] = {}
         secret_outputs: set[str] = set()
         for key, value in root.outputs.items():  # type: ignore[union-attr]
@@ -303,9 +310,10 @@ def run_program(
         state = registered.get(record["urn"])
         wrapped_state = state.state if state is not None else {}
         resources.append(PlannedResource(
-            type=record["type"], name=record["name"], urn=record["urn"], parent=record["parent"],
+            type=record["type"], name=record["name"], urn=record["urn"],
+            id=state.id if state is not None else "", parent=record["parent"],
             custom=record["custom"], provider=record["provider"],
-            inputs=unwrap(record["inputs"]), state=unwrap(wrapped_state),
+            dependencies=record["dependencies"], inputs=unwrap(record["inputs"]), state=unwrap(wrapped_state),
             _wrapped_inputs=record["inputs"], _wrapped_state=wrapped_state,
         ))
         for properties in (record["inputs"], wrapped_state):
