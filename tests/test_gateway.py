@@ -14,6 +14,7 @@ from __future__ import annotations
 import http.client
 import json
 import secrets
+import signal
 import socket
 import threading
 import time
@@ -662,6 +663,39 @@ def test_key_rotation_by_reload(paced_upstream: PacedUpstream) -> None:
         key_map.write_text(render_api_key_map([new]))
         assert reload_until(old_key, 401) == 401
         assert call(nginx.settings.listen_port, "GET", "/v1/models", key=new).status == 200
+    finally:
+        nginx.stop()
+
+
+def test_graceful_stop_lets_a_running_stream_finish_and_refuses_new_connections(
+    paced_upstream: PacedUpstream,
+) -> None:
+    # Pod termination sends SIGQUIT (the image's STOPSIGNAL): nginx closes its listener at once
+    # but lets the streams in flight run to their end, within worker_shutdown_timeout.
+    key = new_key()
+    nginx = start_nginx(paced_upstream.port, [key])
+    outcome: dict[str, object] = {}
+
+    def consume() -> None:
+        outcome["result"] = stream_chat(nginx.settings.listen_port, key, PACED_MODEL)
+
+    reader = threading.Thread(target=consume, daemon=True)
+    previous_stream = paced_upstream.state.event_sent_at
+    try:
+        reader.start()
+        deadline = time.monotonic() + 5
+        while paced_upstream.state.event_sent_at is previous_stream and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(PACED_EVENT_INTERVAL_SECONDS)  # the stream is under way
+        nginx.process.send_signal(signal.SIGQUIT)
+        time.sleep(0.3)
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", nginx.settings.listen_port), timeout=2).close()
+        reader.join(timeout=REQUEST_TIMEOUT_SECONDS)
+        status, _, events = outcome["result"]
+        assert status == 200
+        assert len(events) == PACED_EVENT_COUNT + 1 and events[-1].data == "[DONE]"
+        assert nginx.process.wait(timeout=10) == 0
     finally:
         nginx.stop()
 
