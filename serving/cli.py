@@ -6,11 +6,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from serving import bench, smoke
+from serving import bench, render, smoke
 
 # Each module exposes `register(subparsers)`, which adds its sub-command and sets `func`,
 # a callable taking the parsed arguments and returning the exit code.
 COMMAND_MODULES = (
+    render,
     smoke,
     bench,
 )
