@@ -152,6 +152,8 @@ class RunConfig:
     concurrency: int
     timeouts: Timeouts
     extra_body: dict[str, Any]
+    # Called with each parsed chunk and its arrival time; the client-overhead benchmark uses it.
+    on_chunk: Callable[[dict[str, Any], float], None] | None = None
 
 
 def run_requests(
@@ -181,6 +183,7 @@ def run_requests(
                 max_tokens=config.max_tokens,
                 timeouts=config.timeouts,
                 extra_body=config.extra_body,
+                on_chunk=config.on_chunk,
             )
         except Exception as exc:  # noqa: BLE001 - one bad request must not end the run
             now = time.perf_counter()

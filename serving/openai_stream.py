@@ -92,8 +92,9 @@ class StreamResult:
     token_times: list[float] = field(default_factory=list)
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
-    content: str = ""
-    reasoning: str = ""
+    # Text pieces as streamed; joined on demand (appending to one string would copy it per chunk).
+    content_parts: list[str] = field(default_factory=list)
+    reasoning_parts: list[str] = field(default_factory=list)
     finish_reason: str | None = None
     http_status: int | None = None
     error: str | None = None
@@ -101,6 +102,14 @@ class StreamResult:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def content(self) -> str:
+        return "".join(self.content_parts)
+
+    @property
+    def reasoning(self) -> str:
+        return "".join(self.reasoning_parts)
 
     @property
     def latency_s(self) -> float | None:
@@ -253,8 +262,10 @@ def consume_stream(
                 result.first_token_time = now
             if content and result.first_content_time is None:
                 result.first_content_time = now
-        result.reasoning += reasoning
-        result.content += content
+        if reasoning:
+            result.reasoning_parts.append(reasoning)
+        if content:
+            result.content_parts.append(content)
         result.finish_reason = finish_reason or result.finish_reason
         if usage is not None:
             result.prompt_tokens, result.completion_tokens = usage
