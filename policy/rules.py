@@ -454,8 +454,7 @@ def validate_imdsv2_required(args: ResourceValidationArgs, report_violation: Rep
         report_violation(
             f"{_label(args.resource_type, args.name)}: metadataOptions.httpTokens is {shown}. "
             "With IMDSv1 any process that can make an HTTP request (an SSRF in a pod) reads the "
-            "node role's credentials; set metadataOptions.httpTokens to \"required\" (and "
-            "httpPutResponseHopLimit 2 so pods that need IMDS still reach it).",
+            "node role's credentials; set metadataOptions.httpTokens to \"required\".",
             None,
         )
 
