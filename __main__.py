@@ -27,7 +27,7 @@ from components.gpu_nodes import (
 from components.inference_server import InferenceServer, InferenceServerArgs
 from components.network import Network, NetworkArgs, choose_zones
 from components.platform import KubernetesPlatform, existing_cluster_platform, kubernetes_provider
-from components.settings import SettingsError, StackSettings, load_settings
+from components.settings import PROJECT, SettingsError, StackSettings, load_settings
 
 
 def availability_zones(settings: StackSettings) -> list[str]:
@@ -47,7 +47,7 @@ def availability_zones(settings: StackSettings) -> list[str]:
     except ValueError as error:
         key = ("capacityReservationZone" if settings.gpu_nodes.capacity_reservation_zone
                else "availabilityZoneCount")
-        raise SettingsError([f"gpt-oss-trtllm:{key}: {error}"]) from None
+        raise SettingsError([f"{PROJECT}:{key}: {error}"]) from None
 
 
 def create_aws_platform(settings: StackSettings) -> tuple[KubernetesPlatform, dict[str, object]]:

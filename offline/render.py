@@ -166,6 +166,9 @@ SUMMARIES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "aws:ec2/subnet:Subnet": lambda v: _fields(v, "availabilityZone", "cidrBlock") + [
         key.split("/")[-1] for key in (v.get("tags") or {}) if key.startswith("kubernetes.io/role/")],
     "aws:ec2/natGateway:NatGateway": lambda v: _fields(v, "subnetId"),
+    "aws:ec2/routeTable:RouteTable": lambda v: [
+        f"route {r.get('cidrBlock')} -> {r.get('natGatewayId') or r.get('gatewayId')}"
+        for r in v.get("routes") or []],
     "aws:eks/cluster:Cluster": lambda v: _fields(
         v, "name", "version", "accessConfig.authenticationMode", "enabledClusterLogTypes",
         "vpcConfig.endpointPrivateAccess", "vpcConfig.endpointPublicAccess",
