@@ -214,6 +214,8 @@ def _probe_function(config: RunConfig) -> Callable[[str], int]:
             [{"role": "user", "content": text}],
             max_tokens=1,
             timeouts=config.timeouts,
+            # Same fields as the run: e.g. reasoning_effort changes gpt-oss's system header.
+            extra_body=config.extra_body,
         )
         if result.error is not None or result.prompt_tokens is None:
             raise BenchError(f"calibration probe failed: {result.error}")
@@ -315,16 +317,33 @@ def validate(args: argparse.Namespace) -> None:
             raise SettingsError("--plot needs matplotlib: pip install matplotlib==3.11.2") from None
 
 
+def parse_extra_body(args: argparse.Namespace) -> dict[str, Any]:
+    extra: dict[str, Any] = {}
+    if args.extra_body:
+        try:
+            extra = json.loads(args.extra_body)
+        except json.JSONDecodeError as exc:
+            raise SettingsError(f"--extra-body is not JSON ({exc.msg}): {args.extra_body!r}") from None
+        if not isinstance(extra, dict):
+            raise SettingsError(f"--extra-body must be a JSON object, got {args.extra_body!r}")
+        reserved = {"model", "messages", "stream", "stream_options"} & extra.keys()
+        if reserved:
+            raise SettingsError(f"--extra-body may not set {sorted(reserved)}: bench sets them itself")
+    if args.ignore_eos:
+        extra["ignore_eos"] = True
+    return extra
+
+
 def main(args: argparse.Namespace) -> int:
     try:
         validate(args)
+        extra_body = parse_extra_body(args)
         settings = resolve_settings(args)
         endpoint = Endpoint.from_base_url(settings.base_url, settings.api_key)
         timeouts = timeouts_from(args)
     except (SettingsError, ValueError) as exc:
         print(f"bench FAILED: {exc}", file=sys.stderr)
         return EXIT_BAD_SETTINGS
-    extra_body: dict[str, Any] = {"ignore_eos": True} if args.ignore_eos else {}
     config = RunConfig(endpoint, settings.model, args.output_tokens, args.concurrency, timeouts, extra_body)
     try:
         report, markdown = run_benchmark(args, config)
@@ -372,6 +391,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="share of each prompt that is the same in every request, to measure KV block reuse (default 0: none)",
     )
     scenario.add_argument("--ignore-eos", action="store_true", help="send ignore_eos: true (TensorRT-LLM, vLLM)")
+    scenario.add_argument(
+        "--extra-body",
+        metavar="JSON",
+        help='more request fields, e.g. \'{"reasoning_effort": "medium"}\' (TensorRT-LLM defaults gpt-oss to low)',
+    )
     scenario.add_argument("--seed", type=int, default=0, help="seed of the filler text")
     scenario.add_argument("--run-id", help="marker in every prompt (default: random, so runs never share a cache)")
     output = parser.add_argument_group("output")

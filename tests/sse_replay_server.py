@@ -61,6 +61,7 @@ class ReplayState:
     stall_s: float = 5.0
     health_status: int = 200
     requests_seen: int = 0
+    bodies: list[dict[str, Any]] = field(default_factory=list)
     sent_at: list[list[tuple[str, float]]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -111,6 +112,7 @@ class ReplayHandler(BaseHTTPRequestHandler):
             self._json(500, {"error": {"message": "internal failure"}})
             return
         with state.lock:
+            state.bodies.append(body)
             state.requests_seen += 1
             log: list[tuple[str, float]] = []
             state.sent_at.append(log)

@@ -284,11 +284,29 @@ def test_bench_names_an_unreachable_endpoint(capsys) -> None:
     assert err == [f"bench FAILED: calibration probe failed: endpoint unreachable: {url} ([Errno 111] Connection refused)"]
 
 
+def test_bench_sends_extra_fields_and_the_streaming_options(tmp_path: Path) -> None:
+    state = ReplayState()
+    with ReplayServer(state) as server:
+        code = run_cli("bench", "--base-url", server.base_url, "--model", state.model, "--requests", "3",
+                       "--concurrency", "1", "--input-tokens", "30", "--output-tokens", "7", "--no-progress",
+                       "--warmup-requests", "1", "--ignore-eos", "--extra-body", '{"reasoning_effort": "medium"}')
+    assert code == 0
+    # 4 calibration probes (max_tokens 1), 1 warm-up, 3 timed requests.
+    assert [b["max_tokens"] for b in state.bodies] == [1, 1, 1, 1, 7, 7, 7, 7]
+    for body in state.bodies:
+        assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+        assert body["reasoning_effort"] == "medium" and body["ignore_eos"] is True
+    timed = [b["messages"][0]["content"] for b in state.bodies[5:]]
+    assert len({text.split()[0] for text in timed}) == 3  # each starts with its own marker
+
+
 def test_bench_rejects_bad_arguments_with_one_line(capsys) -> None:
     assert run_cli("bench", "--base-url", "127.0.0.1:8000", "--model", "m") == 2
     assert "must start with http:// or https://" in capsys.readouterr().err
     assert run_cli("bench", "--base-url", "http://x", "--model", "m", "--concurrency", "0") == 2
     assert "--concurrency 0 must be at least 1" in capsys.readouterr().err
+    assert run_cli("bench", "--base-url", "http://x", "--model", "m", "--extra-body", '{"stream": false}') == 2
+    assert "--extra-body may not set ['stream']" in capsys.readouterr().err
 
 
 # ---------- against the real server (transformers serve, tiny model) ----------
