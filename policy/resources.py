@@ -144,8 +144,15 @@ def containers(spec: Mapping[str, Any]) -> Iterator[Container]:
             yield Container(name=str(raw.get("name", "")), spec=raw, init=init)
 
 
-def namespace_of(props: Mapping[str, Any]) -> str:
-    return str(get_path(props, "metadata", "namespace") or "default")
+def namespace_of(props: Mapping[str, Any]) -> str | None:
+    """The object's namespace; None while a preview does not know it yet."""
+    return known(lambda: str(get_path(props, "metadata", "namespace") or "default"), None)
+
+
+def same_namespace(a: str | None, b: str | None) -> bool:
+    # An unknown namespace (preview) may be any: matching keeps the check running rather than
+    # letting one unknown value turn a mandatory policy into "could not run".
+    return a is None or b is None or a == b
 
 
 def metadata_name(props: Mapping[str, Any]) -> str | None:

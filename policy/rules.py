@@ -57,6 +57,7 @@ from policy.resources import (
     known,
     metadata_name,
     namespace_of,
+    same_namespace,
     pod_labels,
     pod_spec,
     secret_fragments,
@@ -194,7 +195,7 @@ def _options_text_for(workload: PolicyResource, spec: Mapping[str, Any],
     }
     candidates = [
         cm for cm in config_maps
-        if namespace_of(cm.props) == namespace and isinstance(get_path(cm.props, "data", OPTIONS_FILE_KEY), str)
+        if same_namespace(namespace_of(cm.props), namespace) and isinstance(get_path(cm.props, "data", OPTIONS_FILE_KEY), str)
     ]
     by_name = [cm for cm in candidates if metadata_name(cm.props) in mounted]
     # Auto-named ConfigMaps may show no name offline: one candidate in the namespace is the one.
@@ -208,7 +209,7 @@ def validate_gpu_limit_matches_parallelism(args: StackValidationArgs, report_vio
         spec = known(lambda: pod_spec(workload.resource_type, workload.props), None)
         if spec is None:
             continue
-        for container in containers(spec):
+        for container in known(lambda: list(containers(spec)), []):
             if container.name != SERVER_CONTAINER or container.init:
                 continue
             sizes = {"tp_size": 1, "pp_size": 1}
@@ -280,7 +281,7 @@ def validate_internet_facing_lb(args: StackValidationArgs, report_violation: Rep
         selector = known(lambda: dict(as_mapping(get_path(service.props, "spec", "selector"))), {})
         targets = [
             w for w in workloads
-            if namespace_of(w.props) == namespace
+            if same_namespace(namespace_of(w.props), namespace)
             and known(lambda: _selects(selector, pod_labels(w.resource_type, w.props)), False)
         ]
         if not targets:
@@ -353,7 +354,7 @@ def _plain_texts(resource: PolicyResource) -> Iterable[_PlainText]:
     spec = known(lambda: pod_spec(resource.resource_type, props), None)
     if spec is None:
         return
-    for container in containers(spec):
+    for container in known(lambda: list(containers(spec)), []):
         for index, word in enumerate(known(lambda: container.command_line, [])):
             yield _PlainText(f"container {container.name!r} command/args[{index}]", word)
         for env in known(lambda: as_list(container.spec.get("env")), []):

@@ -297,6 +297,17 @@ def test_internet_facing_selector_matching_nothing_is_refused():
     assert names(check(stack), "internet-facing-lb-requires-api-key") == ["endpoint"]
 
 
+def test_unknown_namespaces_during_preview_do_not_switch_the_check_off():
+    # In a preview the namespace may come from a Namespace not created yet: an unknown value.
+    server = deployment()
+    server["props"]["metadata"]["namespace"] = UNKNOWN_STRING_VALUE
+    endpoint = service(target_port=8000)
+    endpoint["props"]["metadata"]["namespace"] = UNKNOWN_STRING_VALUE
+    report = check([server, options_config_map(), endpoint])
+    assert names(report, "internet-facing-lb-requires-api-key") == ["endpoint"]
+    assert report.undecided == []
+
+
 # --- no-secret-in-plain-config ----------------------------------------------------------------
 
 def _secret_violations(stack: list[dict], config: dict | None = None) -> list[str]:
@@ -442,7 +453,7 @@ def _struct(props: dict) -> struct_pb2.Struct:
     return struct
 
 
-def _secret(value: str) -> dict:
+def _secret(value: Any) -> dict:
     # Pulumi's wire form of a secret property value (sig key -> secret sig).
     return {"4dabf18193072939515e22adb298388d": "1b47061264138c4ac30d75fd1eb44270", "value": value}
 
@@ -505,6 +516,9 @@ def test_policy_pack_over_grpc_catches_a_secret_marked_token_in_a_config_map(ana
 
 def test_policy_pack_over_grpc_refuses_an_unpinned_image(analyzer: Any):
     spec = deployment(image="nvcr.io/nvidia/tensorrt-llm/release:latest")
+    # The program's Deployment spec is secret as a whole (it carries a secret-derived value):
+    # the pack must still see inside it.
+    spec["props"]["spec"] = _secret(spec["props"]["spec"])
     request = analyzer_pb2.AnalyzeRequest(type=spec["type"], name="trtllm", urn="urn:pulumi:prod::p::d::trtllm",
                                           properties=_struct(spec["props"]))
     response = analyzer.Analyze(request, timeout=30)
