@@ -54,6 +54,24 @@ def known(read: Callable[[], T], default: T) -> T:
         return default
 
 
+def known_items(value: Any) -> list[tuple[str, Any]]:
+    """A mapping's (key, value) pairs, leaving out values unknown during preview (a generated
+    password in a Secret, say), so that the others are still checked."""
+    if not isinstance(value, Mapping):
+        return []
+    items = []
+    for key in value:
+        try:
+            items.append((key, value[key]))
+        except UnknownValueError:
+            continue
+    return items
+
+
+def known_values(value: Any) -> list[Any]:
+    return [v for _, v in known_items(value)]
+
+
 def get_path(value: Any, *path: str | int) -> Any:
     """Walk mappings and sequences; None when a step is missing (unknowns still raise)."""
     for step in path:
@@ -156,7 +174,7 @@ def same_namespace(a: str | None, b: str | None) -> bool:
 
 
 def metadata_name(props: Mapping[str, Any]) -> str | None:
-    name = get_path(props, "metadata", "name")
+    name = known(lambda: get_path(props, "metadata", "name"), None)
     return name if isinstance(name, str) else None
 
 

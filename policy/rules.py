@@ -55,6 +55,8 @@ from policy.resources import (
     image_pin_problem,
     is_gpu_instance_type,
     known,
+    known_items,
+    known_values,
     metadata_name,
     namespace_of,
     same_namespace,
@@ -343,9 +345,7 @@ def _plain_texts(resource: PolicyResource) -> Iterable[_PlainText]:
     props = resource.props
     if resource.resource_type == CONFIG_MAP:
         for field in ("data", "binaryData"):
-            data = as_mapping(known(lambda: props.get(field), {}))
-            for key in data:
-                value = known(lambda: data[key], None)
+            for key, value in known_items(known(lambda: props.get(field), {})):
                 if isinstance(value, str):
                     yield _PlainText(f"{field}[{key!r}]", value)
         return
@@ -370,10 +370,10 @@ def _k8s_secret_values(resource: PolicyResource) -> list[str]:
     import binascii
 
     values: list[str] = []
-    for value in as_mapping(known(lambda: resource.props.get("stringData"), {})).values():
+    for value in known_values(known(lambda: resource.props.get("stringData"), {})):
         if isinstance(value, str):
             values.append(value)
-    for value in as_mapping(known(lambda: resource.props.get("data"), {})).values():
+    for value in known_values(known(lambda: resource.props.get("data"), {})):
         if isinstance(value, str):
             try:
                 values.append(base64.b64decode(value, validate=True).decode("utf-8"))

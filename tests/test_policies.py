@@ -364,6 +364,17 @@ def test_credential_named_env_with_a_literal_is_refused_and_secret_key_ref_passe
     assert _secret_violations(compliant_stack()) == []
 
 
+def test_a_secret_not_known_during_preview_leaves_the_other_checks_running():
+    # A Secret holding a generated password is unknown in a preview of a new stack.
+    keys = gateway_keys_secret()
+    keys["props"]["stringData"]["keys.map"] = UNKNOWN_STRING_VALUE
+    leaky = options_config_map(name="leaky", extra={"token": HF_TOKEN})
+    leaky["props"]["data"]["later"] = UNKNOWN_STRING_VALUE
+    report = check([deployment(), options_config_map(), hf_secret(), keys, leaky])
+    assert names(report, "no-secret-in-plain-config") == ["leaky"]
+    assert report.undecided == []
+
+
 def test_nginx_config_that_matches_bearer_headers_is_not_a_secret():
     conf = 'map $http_authorization $key_ok { default 0; include /etc/nginx/keys/keys.map; }\n' \
            'if ($http_authorization !~ "^Bearer\\s+(.+)$") { return 401; }\n'
