@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -54,9 +55,11 @@ GATEWAY_API_KEYS_PATH = f"{GATEWAY_API_KEYS_DIR}/{GATEWAY_API_KEYS_SECRET_KEY}"
 GATEWAY_TMP_DIR = "/tmp"
 
 # `daemon off;` is given on the command line, not in the file, so the same file also serves the
-# test runner and `nginx -t` (nginx rejects the directive twice). Bypassing the image's entrypoint
-# also skips its scripts that try to rewrite /etc/nginx/conf.d on a read-only filesystem.
-GATEWAY_COMMAND = ("nginx", "-c", GATEWAY_CONFIG_MOUNT_PATH, "-g", "daemon off;")
+# test runner and `nginx -t` (nginx rejects the directive twice).
+GATEWAY_NGINX_COMMAND = ("nginx", "-c", GATEWAY_CONFIG_MOUNT_PATH, "-g", "daemon off;")
+# How often the entrypoint looks at the key map. The kubelet itself takes up to a minute or two
+# to refresh a mounted Secret, so polling faster gains nothing.
+KEY_MAP_POLL_SECONDS = 30
 
 # --- Sizing ------------------------------------------------------------------------------------
 
@@ -254,6 +257,62 @@ def render_api_key_map(api_keys: Sequence[str]) -> str:
         seen[api_key] = position
         lines.append(f'"~^(?i:bearer) +{api_key}$" "{api_key_fingerprint(api_key)}";')
     return "\n".join(lines) + "\n"
+
+
+# --- The container's entrypoint ----------------------------------------------------------------
+
+
+def render_entrypoint_script(
+    nginx_command: Sequence[str] = GATEWAY_NGINX_COMMAND,
+    api_key_map_path: str = GATEWAY_API_KEYS_PATH,
+    poll_seconds: int = KEY_MAP_POLL_SECONDS,
+) -> str:
+    """A POSIX sh script (busybox ash in the image, dash in tests) run as the container command.
+
+    It starts nginx, reloads it (SIGHUP: new workers, running streams finish on the old ones)
+    whenever the key map's content changes, and turns the stop signal into nginx's graceful
+    stop. So a key rotated in the Secret takes effect without restarting the pod, whose GPU
+    server would need tens of minutes to load the model again. It also bypasses the image's
+    own entrypoint, whose scripts try to rewrite /etc/nginx/conf.d (read-only here).
+    """
+    if poll_seconds < 1:
+        raise ValueError(f"poll_seconds={poll_seconds} must be at least 1")
+    command = " ".join(shlex.quote(part) for part in nginx_command)
+    keys = shlex.quote(api_key_map_path)
+    return f"""set -u
+{command} &
+nginx_pid=$!
+stopping=0
+# Kubernetes sends the image's STOPSIGNAL (SIGQUIT) or SIGTERM: both become a graceful stop.
+graceful_stop() {{ stopping=1; kill -QUIT "$nginx_pid" 2>/dev/null; }}
+trap graceful_stop TERM QUIT INT
+last_keys=$(cksum < {keys} 2>/dev/null)
+while kill -0 "$nginx_pid" 2>/dev/null; do
+  sleep {poll_seconds} &
+  sleep_pid=$!
+  wait "$sleep_pid" 2>/dev/null  # a trapped signal ends this wait early
+  if [ "$stopping" = 1 ]; then
+    kill "$sleep_pid" 2>/dev/null
+    break
+  fi
+  keys_now=$(cksum < {keys} 2>/dev/null)
+  if [ "$keys_now" != "$last_keys" ]; then
+    last_keys=$keys_now
+    echo "gateway: API key map changed, reloading nginx" >&2
+    kill -HUP "$nginx_pid"
+  fi
+done
+# Let running streams drain; a repeated stop signal must not end the wait early.
+while kill -0 "$nginx_pid" 2>/dev/null; do
+  wait "$nginx_pid"
+done
+wait "$nginx_pid"
+"""
+
+
+def gateway_command() -> tuple[str, ...]:
+    """The sidecar's `command`: the entrypoint script for the pod's paths."""
+    return ("/bin/sh", "-c", render_entrypoint_script())
 
 
 # --- nginx.conf --------------------------------------------------------------------------------

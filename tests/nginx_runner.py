@@ -29,6 +29,7 @@ from serving.gateway import (
     TEST_NGINX_DEBIAN_PACKAGE,
     GatewaySettings,
     render_api_key_map,
+    render_entrypoint_script,
     render_nginx_conf,
 )
 
@@ -135,7 +136,7 @@ def write_gateway_files(prefix: Path, settings: GatewaySettings, api_keys: Seque
 
 
 def nginx_command(conf_path: Path, prefix: Path, *extra: str) -> list[str]:
-    # The pod's command line (serving.gateway.GATEWAY_COMMAND) plus the prefix.
+    # The pod's nginx command line (serving.gateway.GATEWAY_NGINX_COMMAND) plus the prefix.
     return [find_nginx(), *extra, "-p", str(prefix), "-c", str(conf_path), "-g", "daemon off;"]
 
 
@@ -190,19 +191,50 @@ class RunningNginx:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=SHUTDOWN_TIMEOUT_SECONDS)
+        self._stop_orphaned_master()
         shutil.rmtree(self.prefix, ignore_errors=True)
 
+    def _stop_orphaned_master(self) -> None:
+        # If an entrypoint script died without passing the signal on, its nginx lives on: stop
+        # that one master (by its pid file), never anything else.
+        pid_file = Path(self.settings.pid_path)
+        if not pid_file.exists():
+            return
+        master_pid = int(pid_file.read_text().strip() or 0)
+        if master_pid <= 0:
+            return
+        deadline = time.monotonic() + SHUTDOWN_TIMEOUT_SECONDS
+        try:
+            os.kill(master_pid, signal.SIGQUIT)
+            while time.monotonic() < deadline:
+                os.kill(master_pid, 0)
+                time.sleep(0.05)
+            os.kill(master_pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
-def start_nginx(upstream_port: int, api_keys: Sequence[str]) -> RunningNginx:
-    """nginx on a free loopback port in a fresh prefix, in front of 127.0.0.1:upstream_port."""
+
+def start_nginx(
+    upstream_port: int, api_keys: Sequence[str], entrypoint_poll_seconds: int | None = None
+) -> RunningNginx:
+    """nginx on a free loopback port in a fresh prefix, in front of 127.0.0.1:upstream_port.
+
+    With `entrypoint_poll_seconds`, nginx runs under the pod's entrypoint script (which reloads
+    on key-map changes and turns SIGTERM/SIGQUIT into a graceful stop), and `process` is the
+    shell running that script, as PID 1 would be in the container.
+    """
     find_nginx()  # fail before creating anything
     prefix = Path(tempfile.mkdtemp(prefix="gateway-nginx-"))
     settings = settings_for_prefix(prefix, upstream_port, free_loopback_port())
     conf_path = write_gateway_files(prefix, settings, api_keys)
+    command = nginx_command(conf_path, prefix)
+    if entrypoint_poll_seconds is not None:
+        script = render_entrypoint_script(command, settings.api_key_map_path, entrypoint_poll_seconds)
+        command = ["/bin/sh", "-c", script]
     stderr_path = prefix / "nginx.stderr"
     with stderr_path.open("w") as stderr:
         process = subprocess.Popen(
-            nginx_command(conf_path, prefix),
+            command,
             stdin=subprocess.DEVNULL,
             stdout=stderr,
             stderr=stderr,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import secrets
 import signal
 import socket
@@ -39,11 +40,12 @@ from nginx_runner import (
 from serving.gateway import (
     CLIENT_MAX_BODY_BYTES,
     GATEWAY_API_KEYS_PATH,
-    GATEWAY_COMMAND,
+    GATEWAY_NGINX_COMMAND,
     GATEWAY_CONFIG_MOUNT_PATH,
     ApiKeyError,
     GatewaySettings,
     api_key_fingerprint,
+    gateway_command,
     render_api_key_map,
     render_nginx_conf,
 )
@@ -329,7 +331,11 @@ def test_pod_defaults_fit_the_unprivileged_image_and_the_mounts() -> None:
     assert "pid /tmp/nginx.pid;" in text
     # `daemon off;` comes from the command line; in the file too, nginx would refuse to start.
     assert not [line for line in text.splitlines() if line.strip().startswith("daemon")]
-    assert GATEWAY_COMMAND[:3] == ("nginx", "-c", GATEWAY_CONFIG_MOUNT_PATH)
+    assert GATEWAY_NGINX_COMMAND[:3] == ("nginx", "-c", GATEWAY_CONFIG_MOUNT_PATH)
+    script = gateway_command()[2]
+    assert gateway_command()[:2] == ("/bin/sh", "-c")
+    assert f"nginx -c {GATEWAY_CONFIG_MOUNT_PATH} -g 'daemon off;' &" in script
+    assert f"cksum < {GATEWAY_API_KEYS_PATH}" in script
     # 'user' is meaningless for a non-root master and nginx warns about it.
     assert "\nuser " not in text
 
@@ -640,40 +646,52 @@ def test_access_log_holds_fingerprints_never_keys(gateway: Gateway) -> None:
         assert key not in log
 
 
-def test_key_rotation_by_reload(paced_upstream: PacedUpstream) -> None:
-    """Add the new key, reload, move clients, remove the old key, reload: no restart needed."""
-    old_key, new = new_key(), new_key()
-    nginx = start_nginx(paced_upstream.port, [old_key])
-    key_map = Path(nginx.settings.api_key_map_path)
+def _replace_like_kubelet(path: Path, text: str) -> None:
+    # The kubelet swaps a refreshed Secret in atomically; a reader never sees half a file.
+    staged = path.with_name(path.name + ".new")
+    staged.write_text(text)
+    os.chmod(staged, 0o644)
+    os.replace(staged, path)
 
-    def reload_until(key: str, expected_status: int) -> int:
-        nginx.reload()
+
+def test_key_rotation_takes_effect_without_restart(paced_upstream: PacedUpstream) -> None:
+    """Add the new key, move clients, remove the old key: the entrypoint reloads nginx each time."""
+    old_key, new = new_key(), new_key()
+    nginx = start_nginx(paced_upstream.port, [old_key], entrypoint_poll_seconds=1)
+    key_map = Path(nginx.settings.api_key_map_path)
+    port = nginx.settings.listen_port
+
+    def status_once_settled(key: str, expected_status: int) -> int:
         deadline = time.monotonic() + 10
-        status = call(nginx.settings.listen_port, "GET", "/v1/models", key=key).status
+        status = call(port, "GET", "/v1/models", key=key).status
         while status != expected_status and time.monotonic() < deadline:
             time.sleep(0.1)
-            status = call(nginx.settings.listen_port, "GET", "/v1/models", key=key).status
+            status = call(port, "GET", "/v1/models", key=key).status
         return status
 
     try:
-        assert call(nginx.settings.listen_port, "GET", "/v1/models", key=new).status == 401
-        key_map.write_text(render_api_key_map([old_key, new]))
-        assert reload_until(new, 200) == 200
-        assert call(nginx.settings.listen_port, "GET", "/v1/models", key=old_key).status == 200
-        key_map.write_text(render_api_key_map([new]))
-        assert reload_until(old_key, 401) == 401
-        assert call(nginx.settings.listen_port, "GET", "/v1/models", key=new).status == 200
+        assert call(port, "GET", "/v1/models", key=new).status == 401
+        _replace_like_kubelet(key_map, render_api_key_map([old_key, new]))
+        assert status_once_settled(new, 200) == 200
+        assert call(port, "GET", "/v1/models", key=old_key).status == 200
+        _replace_like_kubelet(key_map, render_api_key_map([new]))
+        assert status_once_settled(old_key, 401) == 401
+        assert call(port, "GET", "/v1/models", key=new).status == 200
+        assert nginx.process.poll() is None
+        assert "reloading nginx" in nginx.error_log
     finally:
         nginx.stop()
 
 
+@pytest.mark.parametrize("stop_signal", [signal.SIGQUIT, signal.SIGTERM], ids=["SIGQUIT", "SIGTERM"])
 def test_graceful_stop_lets_a_running_stream_finish_and_refuses_new_connections(
-    paced_upstream: PacedUpstream,
+    paced_upstream: PacedUpstream, stop_signal: signal.Signals
 ) -> None:
-    # Pod termination sends SIGQUIT (the image's STOPSIGNAL): nginx closes its listener at once
-    # but lets the streams in flight run to their end, within worker_shutdown_timeout.
+    # Pod termination signals the entrypoint (the image's STOPSIGNAL, SIGQUIT, or SIGTERM):
+    # nginx closes its listener at once but lets streams in flight run to their end, within
+    # worker_shutdown_timeout, and the container then exits cleanly.
     key = new_key()
-    nginx = start_nginx(paced_upstream.port, [key])
+    nginx = start_nginx(paced_upstream.port, [key], entrypoint_poll_seconds=1)
     outcome: dict[str, object] = {}
 
     def consume() -> None:
@@ -687,7 +705,7 @@ def test_graceful_stop_lets_a_running_stream_finish_and_refuses_new_connections(
         while paced_upstream.state.event_sent_at is previous_stream and time.monotonic() < deadline:
             time.sleep(0.02)
         time.sleep(PACED_EVENT_INTERVAL_SECONDS)  # the stream is under way
-        nginx.process.send_signal(signal.SIGQUIT)
+        nginx.process.send_signal(stop_signal)
         time.sleep(0.3)
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", nginx.settings.listen_port), timeout=2).close()
