@@ -204,15 +204,19 @@ def image_pin_problem(image: Any) -> str | None:
 
 # --- GPU instances and node groups -----------------------------------------------------------
 
-# Families whose instances carry NVIDIA GPUs (p3/p4d/p5/p6, g4dn/g5/g6/g6e/gr6...). Inferentia
-# and Trainium (inf*, trn*) are accelerators too but not NVIDIA ones: no nvidia.com/gpu taint.
-_NVIDIA_FAMILY = re.compile(r"^(p\d+[a-z]*|g\d+[a-z]*)\.")
+# Families whose instances carry NVIDIA GPUs: p3/p4d/p4de/p5/p5e/p5en/p6-b200..., g4dn/g5/g6/g6e,
+# gr6. Inferentia and Trainium (inf*, trn*) are accelerators but not NVIDIA ones, and g4ad has
+# AMD GPUs: none of those gets the nvidia.com/gpu taint.
+_NVIDIA_FAMILY = re.compile(r"^(p\d+[a-z]*(-[a-z0-9]+)?|g\d+[a-z]*|gr\d+[a-z]*)\.")
+_NON_NVIDIA_GPU_FAMILIES = ("g4ad.",)
 
 
 def is_gpu_instance_type(instance_type: Any) -> bool:
-    return isinstance(instance_type, str) and (
-        instance_type in INSTANCE_TYPES or bool(_NVIDIA_FAMILY.match(instance_type))
-    )
+    if not isinstance(instance_type, str):
+        return False
+    if instance_type in INSTANCE_TYPES:
+        return True
+    return bool(_NVIDIA_FAMILY.match(instance_type)) and not instance_type.startswith(_NON_NVIDIA_GPU_FAMILIES)
 
 
 def gpus_per_instance(instance_type: str) -> int | None:

@@ -586,6 +586,10 @@ def validate_replicas_fit(args: StackValidationArgs, report_violation: ReportVio
     groups = gpu_node_groups(args.resources)
     if not groups:
         args.not_applicable("no GPU node group in this stack (an existing cluster brings its own)")
+    uncounted = sorted({g.instance_type for g in groups if g.gpus is None})
+    if uncounted:
+        # Guessing would warn about capacity that may well be there.
+        args.not_applicable(f"GPUs per instance of {', '.join(uncounted)} are not in serving/hardware.py")
     capacity = sum(g.gpus or 0 for g in groups)
     largest_node = max((gpus_per_instance(g.instance_type) or 0) for g in groups)
     needed = 0

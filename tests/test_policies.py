@@ -28,7 +28,7 @@ from pulumi_policy import EnforcementLevel, ResourceValidationPolicy, StackValid
 from pulumi_policy.proxy import UNKNOWN_STRING_VALUE
 
 from policy.engine import PolicyReport, policy_resource, run_policies
-from policy.resources import image_pin_problem
+from policy.resources import image_pin_problem, is_gpu_instance_type
 from policy.rules import POLICIES, parallel_sizes_from_args
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -448,6 +448,21 @@ def test_more_gpu_replicas_than_one_node_holds_is_an_advisory():
 def test_four_two_gpu_replicas_fit_one_p5():
     report = check([node_group(desired=1), deployment(replicas=4), options_config_map()])
     assert names(report, "gpu-replicas-fit-nodes") == []
+
+
+def test_capacity_of_an_instance_type_without_known_gpu_count_is_not_guessed():
+    report = check([node_group(instance_types=["g6e.12xlarge"]), deployment(replicas=5), options_config_map()])
+    assert names(report, "gpu-replicas-fit-nodes") == []
+    assert [name for name, _ in report.not_applicable] == ["gpu-replicas-fit-nodes"]
+
+
+@pytest.mark.parametrize("instance_type, gpu", [
+    ("p5.48xlarge", True), ("p4d.24xlarge", True), ("p6-b200.48xlarge", True), ("g6e.12xlarge", True),
+    ("gr6.4xlarge", True), ("g4ad.xlarge", False), ("inf2.xlarge", False), ("trn1.32xlarge", False),
+    ("m7i.large", False),
+])
+def test_gpu_instance_families(instance_type: str, gpu: bool):
+    assert is_gpu_instance_type(instance_type) is gpu
 
 
 def test_without_gpu_node_groups_the_capacity_policy_does_not_apply():
