@@ -55,6 +55,20 @@ def find_nginx() -> str:
     return found
 
 
+# The image's /bin/sh is busybox ash; Debian's is dash. The entrypoint script is run by both.
+ENTRYPOINT_SHELLS = {"dash": ("/bin/sh",), "busybox-ash": ("busybox", "sh")}
+
+
+def shell_command(shell: str) -> list[str]:
+    command = list(ENTRYPOINT_SHELLS[shell])
+    if shutil.which(command[0]) is None:
+        raise NginxMissingError(
+            f"{command[0]} is not installed, so the entrypoint cannot be run as the image runs it. "
+            "Install Debian's package: apt-get update && apt-get install -y busybox"
+        )
+    return command
+
+
 def free_loopback_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
@@ -215,7 +229,10 @@ class RunningNginx:
 
 
 def start_nginx(
-    upstream_port: int, api_keys: Sequence[str], entrypoint_poll_seconds: int | None = None
+    upstream_port: int,
+    api_keys: Sequence[str],
+    entrypoint_poll_seconds: int | None = None,
+    entrypoint_shell: str = "dash",
 ) -> RunningNginx:
     """nginx on a free loopback port in a fresh prefix, in front of 127.0.0.1:upstream_port.
 
@@ -230,7 +247,7 @@ def start_nginx(
     command = nginx_command(conf_path, prefix)
     if entrypoint_poll_seconds is not None:
         script = render_entrypoint_script(command, settings.api_key_map_path, entrypoint_poll_seconds)
-        command = ["/bin/sh", "-c", script]
+        command = [*shell_command(entrypoint_shell), "-c", script]
     stderr_path = prefix / "nginx.stderr"
     with stderr_path.open("w") as stderr:
         process = subprocess.Popen(

@@ -654,10 +654,11 @@ def _replace_like_kubelet(path: Path, text: str) -> None:
     os.replace(staged, path)
 
 
-def test_key_rotation_takes_effect_without_restart(paced_upstream: PacedUpstream) -> None:
+@pytest.mark.parametrize("shell", ["dash", "busybox-ash"])
+def test_key_rotation_takes_effect_without_restart(paced_upstream: PacedUpstream, shell: str) -> None:
     """Add the new key, move clients, remove the old key: the entrypoint reloads nginx each time."""
     old_key, new = new_key(), new_key()
-    nginx = start_nginx(paced_upstream.port, [old_key], entrypoint_poll_seconds=1)
+    nginx = start_nginx(paced_upstream.port, [old_key], entrypoint_poll_seconds=1, entrypoint_shell=shell)
     key_map = Path(nginx.settings.api_key_map_path)
     port = nginx.settings.listen_port
 
@@ -683,15 +684,16 @@ def test_key_rotation_takes_effect_without_restart(paced_upstream: PacedUpstream
         nginx.stop()
 
 
+@pytest.mark.parametrize("shell", ["dash", "busybox-ash"])
 @pytest.mark.parametrize("stop_signal", [signal.SIGQUIT, signal.SIGTERM], ids=["SIGQUIT", "SIGTERM"])
 def test_graceful_stop_lets_a_running_stream_finish_and_refuses_new_connections(
-    paced_upstream: PacedUpstream, stop_signal: signal.Signals
+    paced_upstream: PacedUpstream, stop_signal: signal.Signals, shell: str
 ) -> None:
     # Pod termination signals the entrypoint (the image's STOPSIGNAL, SIGQUIT, or SIGTERM):
     # nginx closes its listener at once but lets streams in flight run to their end, within
     # worker_shutdown_timeout, and the container then exits cleanly.
     key = new_key()
-    nginx = start_nginx(paced_upstream.port, [key], entrypoint_poll_seconds=1)
+    nginx = start_nginx(paced_upstream.port, [key], entrypoint_poll_seconds=1, entrypoint_shell=shell)
     outcome: dict[str, object] = {}
 
     def consume() -> None:
