@@ -315,6 +315,10 @@ def gateway_command() -> tuple[str, ...]:
     return ("/bin/sh", "-c", render_entrypoint_script())
 
 
+# The sidecar container's `command` (the image's own entrypoint is not used).
+GATEWAY_COMMAND = gateway_command()
+
+
 # --- nginx.conf --------------------------------------------------------------------------------
 
 

@@ -40,6 +40,7 @@ from nginx_runner import (
 from serving.gateway import (
     CLIENT_MAX_BODY_BYTES,
     GATEWAY_API_KEYS_PATH,
+    GATEWAY_COMMAND,
     GATEWAY_NGINX_COMMAND,
     GATEWAY_CONFIG_MOUNT_PATH,
     ApiKeyError,
@@ -332,8 +333,9 @@ def test_pod_defaults_fit_the_unprivileged_image_and_the_mounts() -> None:
     # `daemon off;` comes from the command line; in the file too, nginx would refuse to start.
     assert not [line for line in text.splitlines() if line.strip().startswith("daemon")]
     assert GATEWAY_NGINX_COMMAND[:3] == ("nginx", "-c", GATEWAY_CONFIG_MOUNT_PATH)
-    script = gateway_command()[2]
-    assert gateway_command()[:2] == ("/bin/sh", "-c")
+    assert GATEWAY_COMMAND == gateway_command()
+    script = GATEWAY_COMMAND[2]
+    assert GATEWAY_COMMAND[:2] == ("/bin/sh", "-c")
     assert f"nginx -c {GATEWAY_CONFIG_MOUNT_PATH} -g 'daemon off;' &" in script
     assert f"cksum < {GATEWAY_API_KEYS_PATH}" in script
     # 'user' is meaningless for a non-root master and nginx warns about it.
