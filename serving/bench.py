@@ -11,8 +11,8 @@ that support it (TensorRT-LLM, vLLM) for exactly `--output-tokens` tokens.
 
 Prompts: filler made of common English words, sized by calibration against the server's own
 `usage.prompt_tokens` (no tokenizer can be downloaded here): two probes with `max_tokens: 1`
-measure the chat-template overhead and the tokens per word, a third checks and corrects the word
-count. Each prompt starts with a unique marker (`[run id-request index]`) so that no two share a
+measure the chat-template overhead and the tokens per word, three more check and correct the word
+count, three more report the result (8 probes in all, not counted). Each prompt starts with a unique marker (`[run id-request index]`) so that no two share a
 cached prefix (block reuse is on in the template); `--shared-prefix-fraction F` instead puts the
 same filler (F of the prompt) before the marker in every prompt, to measure KV block reuse.
 The chat template's own preamble (system header) is shared by every prompt whatever is chosen.
@@ -63,6 +63,8 @@ FILLER_WORDS = (
 ).split()
 # Word counts of the two calibration probes; far apart so the slope is well measured.
 PROBE_WORDS = (32, 288)
+# Prompts averaged when checking and when reporting the calibrated length.
+CHECK_PROBES = 3
 
 
 class BenchError(Exception):
@@ -109,7 +111,8 @@ def calibrate(
 
     `probe(text)` returns the server's `usage.prompt_tokens` for a one-message chat with `text`.
     Prompt tokens are close to linear in the word count: overhead + rate x words. Two probes give
-    the line, a third at the estimate corrects for the error of extrapolating it.
+    the line; the mean of three prompts at the estimate corrects the error of extrapolating it,
+    and the mean of three more at the corrected count is reported.
     """
     low_words, high_words = PROBE_WORDS
     low = probe(factory.text(-1, low_words))
@@ -123,10 +126,15 @@ def calibrate(
             f"--input-tokens {target_tokens} is below the smallest prompt this server counts "
             f"(about {overhead + rate:.0f} tokens of chat template and marker); ask for more"
         )
+
+    def mean_count(words: int, first_index: int) -> float:
+        # Random filler tokenizes a little differently each time: average a few prompts.
+        texts = [factory.text(first_index - k, words) for k in range(CHECK_PROBES)]
+        return sum(probe(text) for text in texts) / CHECK_PROBES
+
     words = max(1, round((target_tokens - overhead) / rate))
-    measured = probe(factory.text(-3, words))
-    words = max(1, words + round((target_tokens - measured) / rate))
-    measured = probe(factory.text(-4, words))
+    words = max(1, words + round((target_tokens - mean_count(words, -10)) / rate))
+    measured = round(mean_count(words, -20))
     shared_words = round(words * shared_fraction)
     return PromptPlan(words, shared_words, overhead, rate, measured)
 

@@ -12,9 +12,10 @@ client must cope with, and that differs from TensorRT-LLM:
   the cache layout (`models--tiny--chat/snapshots/<rev>/`) and served as `tiny/chat` with
   `HF_HUB_OFFLINE=1`, the way the production stack serves `openai/gpt-oss-120b` from `$HF_HOME`.
 
-The tiny model (a 2-layer Llama with random weights and a byte-level BPE tokenizer trained here on
-generated text) is built in a subprocess, so torch is never imported into the test process.
-Nothing is downloaded.
+The tiny model (a 2-layer Llama wired by hand, see `build_tiny_model`, and a byte-level BPE
+tokenizer trained here on generated text) is built in a subprocess, so torch is never imported
+into the test process. Nothing is downloaded. It streams `delta.reasoning_content` (three words)
+before `delta.content` and always generates exactly `max_tokens` tokens.
 
 Use `start_server(workdir)` (or the `openai_server` fixture in conftest.py); run this file as
 `python tests/openai_server.py build DIR` to build the model only.
@@ -51,8 +52,21 @@ def _cache_repo_dir(cache_dir: Path) -> Path:
     return cache_dir / f"models--{owner}--{name}"
 
 
+REASONING_WORDS = 3
+ANSWER_WORDS = 3
+
+
 def build_tiny_model(cache_dir: Path) -> str:
     """Write the tiny model into `cache_dir` in the Hugging Face cache layout; return its id.
+
+    The model is wired, not trained: every layer's output projections are zero (each layer adds
+    nothing to the residual stream), embeddings are one-hot and the output head maps token i to a
+    chosen successor. Greedy decoding is then a fixed chain: after the generation prompt
+    `<|assistant|>` it emits `<think>`, three reasoning words, `</think>`, and then cycles through
+    three answer words without end. The tokenizer's `response_template` tells transformers serve
+    to stream the `<think>` region as `delta.reasoning_content` and the rest as `delta.content`,
+    so the real server streams reasoning before the answer, as gpt-oss does, and never stops
+    before `max_tokens` (completion_tokens == max_tokens, exactly).
 
     Imports torch/transformers, so call it in a subprocess (`python tests/openai_server.py build`).
     """
@@ -68,8 +82,8 @@ def build_tiny_model(cache_dir: Path) -> str:
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=512,
-        special_tokens=["<|eos|>", "<|system|>", "<|user|>", "<|assistant|>"],
+        vocab_size=384,
+        special_tokens=["<|eos|>", "<|system|>", "<|user|>", "<|assistant|>", "<think>", "</think>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     tokenizer.train_from_iterator(corpus, trainer)
@@ -78,22 +92,50 @@ def build_tiny_model(cache_dir: Path) -> str:
         "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
         "{% if add_generation_prompt %}<|assistant|>{% endif %}"
     )
-    torch.manual_seed(0)
+    fast.response_template = {
+        "defaults": {"role": "assistant"},
+        "start_anchor": "<|assistant|>",
+        "fields": {
+            "reasoning_content": {"open": "<think>", "close": "</think>", "content": "text"},
+            "content": {"close_pattern": r"<\|eos\|>", "content": "text"},
+        },
+    }
+    vocab = len(fast)
+    # Whole words with a leading space ("Ġword" in byte-level BPE) decode to readable text.
+    word_ids = sorted(i for token, i in fast.get_vocab().items() if token[:1] == "Ġ" and token[1:].isalpha())
+    reasoning_ids = word_ids[:REASONING_WORDS]
+    answer_ids = word_ids[REASONING_WORDS : REASONING_WORDS + ANSWER_WORDS]
+    token_id = fast.convert_tokens_to_ids
+    chain = [token_id("<|assistant|>"), token_id("<think>"), *reasoning_ids, token_id("</think>"), *answer_ids]
+    successor = dict(zip(chain, chain[1:]))
+    successor[answer_ids[-1]] = answer_ids[0]
+    hidden = -(-vocab // 64) * 64  # one-hot embeddings need hidden >= vocab
     config = LlamaConfig(
-        vocab_size=len(fast),
-        hidden_size=32,
-        intermediate_size=64,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=16,
         num_hidden_layers=2,
         num_attention_heads=4,
-        num_key_value_heads=2,
+        num_key_value_heads=1,
         max_position_embeddings=MAX_POSITIONS,
         eos_token_id=fast.eos_token_id,
         pad_token_id=fast.pad_token_id,
         bos_token_id=None,
+        tie_word_embeddings=False,
     )
     model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.zero_()
+        for module in model.modules():
+            if module.__class__.__name__.endswith("RMSNorm"):
+                module.weight.fill_(1.0)
+        model.model.embed_tokens.weight.copy_(torch.eye(vocab, hidden))
+        for current in range(vocab):
+            # Any token outside the chain (e.g. in the prompt) leads into the answer cycle.
+            model.lm_head.weight[successor.get(current, answer_ids[0]), current] = 10.0
     repo = _cache_repo_dir(cache_dir)
-    revision = hashlib.sha1(b"tiny-chat-v1").hexdigest()
+    revision = hashlib.sha1(b"tiny-chat-v2").hexdigest()
     snapshot = repo / "snapshots" / revision
     snapshot.mkdir(parents=True, exist_ok=True)
     (repo / "refs").mkdir(exist_ok=True)

@@ -29,7 +29,10 @@ def test_smoke_passes_against_the_real_server(openai_server) -> None:
     lines = done.stdout.splitlines()
     assert lines[0] == f"ok: GET {openai_server.base_url}/health -> 200"
     assert lines[1] == f"ok: GET {openai_server.base_url}/v1/models lists 'tiny/chat'"
-    assert lines[2].startswith("ok: streamed chat completion: TTFT ") and "completion_tokens=" in lines[2]
+    assert lines[2].startswith("ok: streamed chat completion: TTFT ")
+    # The tiny model reasons (delta.reasoning_content) and then answers until max_tokens (64).
+    assert "completion_tokens=64 (reasoning " in lines[2] and "reasoning 0 chars" not in lines[2]
+    assert "answer 0 chars" not in lines[2]
     assert done.stderr == ""
 
 
