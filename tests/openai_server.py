@@ -227,10 +227,30 @@ def ensure_model(workdir: Path) -> Path:
     return cache_dir
 
 
-def start_server(workdir: Path, startup_timeout_s: float = STARTUP_TIMEOUT_S) -> OpenAIServer:
-    """Build the model if needed, start `transformers serve` on a free loopback port, wait for /health."""
+def start_server(workdir: Path, startup_timeout_s: float = STARTUP_TIMEOUT_S, attempts: int = 3) -> OpenAIServer:
+    """Build the model if needed, start `transformers serve` on a free loopback port, wait for /health.
+
+    The port is picked free, then bound by the server a moment later; if another process takes
+    it in between, the server exits with "address already in use" and a new port is tried.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     cache_dir = ensure_model(workdir)
+    for attempt in range(1, attempts + 1):
+        server = _launch(workdir, cache_dir)
+        try:
+            _wait_healthy(server, startup_timeout_s)
+            return server
+        except _PortTaken:
+            if attempt == attempts:
+                raise RuntimeError(f"no free loopback port after {attempts} attempts:\n{server.log_tail()}") from None
+    raise AssertionError("unreachable")
+
+
+class _PortTaken(Exception):
+    pass
+
+
+def _launch(workdir: Path, cache_dir: Path) -> OpenAIServer:
     port = free_loopback_port()
     log_path = workdir / f"transformers-serve-{port}.log"
     command = [
@@ -254,21 +274,26 @@ def start_server(workdir: Path, startup_timeout_s: float = STARTUP_TIMEOUT_S) ->
         process = subprocess.Popen(
             command, stdout=log, stderr=subprocess.STDOUT, env=server_environment(cache_dir), cwd=workdir
         )
-    server = OpenAIServer(
+    return OpenAIServer(
         base_url=f"http://127.0.0.1:{port}", model=MODEL_ID, port=port, log_path=log_path, process=process
     )
-    deadline = time.monotonic() + startup_timeout_s
+
+
+def _wait_healthy(server: OpenAIServer, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if not server.is_running():
-            raise RuntimeError(f"transformers serve exited with {process.returncode}:\n{server.log_tail()}")
+            if "address already in use" in server.log_tail(200).lower():
+                raise _PortTaken()
+            raise RuntimeError(f"transformers serve exited with {server.process.returncode}:\n{server.log_tail()}")
         try:
             if requests.get(f"{server.base_url}/health", timeout=2).status_code == 200:
-                return server
+                return
         except requests.RequestException:
             pass
         time.sleep(0.25)
     server.stop()
-    raise RuntimeError(f"transformers serve not healthy after {startup_timeout_s} s:\n{server.log_tail()}")
+    raise RuntimeError(f"transformers serve not healthy after {timeout_s} s:\n{server.log_tail()}")
 
 
 if __name__ == "__main__":
