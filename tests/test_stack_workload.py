@@ -149,3 +149,10 @@ def test_existing_cluster_gets_the_same_workload_on_its_gpu_nodes():
     assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert result.one(SERVICE, "endpoint").inputs["spec"]["loadBalancerSourceRanges"] == ["10.0.0.0/8"]
     assert result.outputs["model"] == "openai/gpt-oss-120b"
+
+
+def test_deployment_spec_stays_readable_in_previews():
+    # A secret anywhere in the spec would hide the whole spec as [secret] in PR previews.
+    deployment = plan().one(DEPLOYMENT, "server")
+    assert not deployment.is_secret_input("spec")
+    assert deployment.redacted_inputs()["spec"]["replicas"] == 4
