@@ -9,10 +9,11 @@ stays around a minute or two on two H100s. The server may stop earlier (end of a
 counts always come from the server's `usage`, never from the request. `--ignore-eos` asks servers
 that support it (TensorRT-LLM, vLLM) for exactly `--output-tokens` tokens.
 
-Prompts: filler made of common English words, sized by calibration against the server's own
+Prompts: a body of random common English words (the same in every prompt), sized by calibration
+against the server's own
 `usage.prompt_tokens` (no tokenizer can be downloaded here): two probes with `max_tokens: 1`
-measure the chat-template overhead and the tokens per word, three more check and correct the word
-count, three more report the result (8 probes in all, not counted). Each prompt starts with a unique marker (`[run id-request index]`) so that no two share a
+measure the chat-template overhead and the tokens per word, then pairs of probes check and
+correct the word count (at most 12 probes in all, none counted in the results). Each prompt starts with a unique marker (`[run id-request index]`) so that no two share a
 cached prefix (block reuse is on in the template); `--shared-prefix-fraction F` instead puts the
 same filler (F of the prompt) before the marker in every prompt, to measure KV block reuse.
 The chat template's own preamble (system header) is shared by every prompt whatever is chosen.
@@ -63,8 +64,15 @@ FILLER_WORDS = (
 ).split()
 # Word counts of the two calibration probes; far apart so the slope is well measured.
 PROBE_WORDS = (32, 288)
-# Prompts averaged when checking and when reporting the calibrated length.
-CHECK_PROBES = 3
+# Prompts averaged per check of the word count, and at most this many corrections.
+CHECK_PROBES = 2
+CORRECTIONS = 4
+# Calibration prompts get markers from here on, formatted like the run's (6 digits).
+PROBE_INDEX = 999_000
+WARMUP_INDEX = 998_000
+# Keep the run's markers (0 .. requests-1) clear of the warm-up and probe ranges.
+MAX_REQUESTS = 100_000
+MAX_WARMUP = 100
 
 
 class BenchError(Exception):
@@ -83,22 +91,31 @@ class PromptPlan:
 
 
 class PromptFactory:
-    """Builds prompt texts: [shared filler] [unique marker] [own filler]."""
+    """Builds prompt texts: `[marker] body`, or `shared part of body [marker] rest of body`.
+
+    The body is the same random word sequence in every prompt (fixed by `seed`), so all prompts
+    of a run have the same length in tokens up to the marker's few; the marker (run id and
+    request index) makes each prompt unique from its first token on. KV block reuse matches
+    prefixes only, so an identical body after a unique marker is never reused.
+    """
 
     def __init__(self, run_id: str, seed: int) -> None:
         self.run_id = run_id
-        self.seed = seed
+        self._rng = random.Random(seed)
+        self._body: list[str] = []
 
-    def filler(self, rng: random.Random, count: int) -> str:
-        return " ".join(rng.choice(FILLER_WORDS) for _ in range(count))
+    def body(self, words: int) -> list[str]:
+        while len(self._body) < words:
+            self._body.append(self._rng.choice(FILLER_WORDS))
+        return self._body[:words]
+
+    def marker(self, index: int) -> str:
+        return f"[{self.run_id}-{index:06d}]"
 
     def text(self, index: int, words: int, shared_words: int = 0) -> str:
+        body = self.body(words)
         shared_words = min(shared_words, words)
-        shared = self.filler(random.Random(f"{self.seed}-shared"), shared_words)
-        own = self.filler(random.Random(f"{self.seed}-{self.run_id}-{index}"), words - shared_words)
-        marker = f"[{self.run_id}-{index:06d}]"
-        parts = [shared, marker, own] if shared else [marker, own]
-        return " ".join(part for part in parts if part)
+        return " ".join([*body[:shared_words], self.marker(index), *body[shared_words:]])
 
 
 def calibrate(
@@ -111,12 +128,13 @@ def calibrate(
 
     `probe(text)` returns the server's `usage.prompt_tokens` for a one-message chat with `text`.
     Prompt tokens are close to linear in the word count: overhead + rate x words. Two probes give
-    the line; the mean of three prompts at the estimate corrects the error of extrapolating it,
-    and the mean of three more at the corrected count is reported.
+    the line; then the count is measured (mean of CHECK_PROBES prompts) and corrected along the
+    line until within half a word or 0.5 % of the target, at most CORRECTIONS times; the count
+    measured closest to the target wins.
     """
     low_words, high_words = PROBE_WORDS
-    low = probe(factory.text(-1, low_words))
-    high = probe(factory.text(-2, high_words))
+    low = probe(factory.text(PROBE_INDEX, low_words))
+    high = probe(factory.text(PROBE_INDEX + 1, high_words))
     rate = (high - low) / (high_words - low_words)
     if rate <= 0:
         raise BenchError(f"calibration: prompt_tokens did not grow with the prompt ({low} then {high})")
@@ -126,15 +144,28 @@ def calibrate(
             f"--input-tokens {target_tokens} is below the smallest prompt this server counts "
             f"(about {overhead + rate:.0f} tokens of chat template and marker); ask for more"
         )
+    probe_index = PROBE_INDEX + 2
 
-    def mean_count(words: int, first_index: int) -> float:
-        # Random filler tokenizes a little differently each time: average a few prompts.
-        texts = [factory.text(first_index - k, words) for k in range(CHECK_PROBES)]
+    def mean_count(words: int) -> float:
+        # Markers differ a little in tokens: average a few prompts.
+        nonlocal probe_index
+        texts = [factory.text(probe_index + k, words) for k in range(CHECK_PROBES)]
+        probe_index += CHECK_PROBES
         return sum(probe(text) for text in texts) / CHECK_PROBES
 
+    # Words tokenize unevenly, so the line is only a first guess: correct it a few times.
     words = max(1, round((target_tokens - overhead) / rate))
-    words = max(1, words + round((target_tokens - mean_count(words, -10)) / rate))
-    measured = round(mean_count(words, -20))
+    measured_at = {words: mean_count(words)}
+    for _ in range(CORRECTIONS):
+        error = target_tokens - measured_at[words]
+        if abs(error) <= max(rate / 2, 0.005 * target_tokens):
+            break
+        words = max(1, words + (round(error / rate) or (1 if error > 0 else -1)))
+        if words in measured_at:
+            break  # oscillating between two counts around a long word: take the closer
+        measured_at[words] = mean_count(words)
+    words = min(measured_at, key=lambda count: abs(target_tokens - measured_at[count]))
+    measured = round(measured_at[words])
     shared_words = round(words * shared_fraction)
     return PromptPlan(words, shared_words, overhead, rate, measured)
 
@@ -239,7 +270,7 @@ def run_benchmark(args: argparse.Namespace, config: RunConfig) -> tuple[dict[str
     plan = calibrate(_probe_function(config), factory, args.input_tokens, args.shared_prefix_fraction)
     if args.warmup_requests:
         warmup_prompts = [
-            factory.text(-(100 + i), plan.words, plan.shared_words) for i in range(args.warmup_requests)
+            factory.text(WARMUP_INDEX + i, plan.words, plan.shared_words) for i in range(args.warmup_requests)
         ]
         warmup_config = replace(config, concurrency=min(config.concurrency, len(warmup_prompts)))
         warmup_results, _ = run_requests(warmup_config, warmup_prompts)
@@ -314,8 +345,10 @@ def validate(args: argparse.Namespace) -> None:
     for name in ("requests", "concurrency", "input_tokens", "output_tokens"):
         if getattr(args, name) < 1:
             raise SettingsError(f"--{name.replace('_', '-')} {getattr(args, name)} must be at least 1")
-    if args.warmup_requests < 0:
-        raise SettingsError(f"--warmup-requests {args.warmup_requests} must be 0 or more")
+    if args.requests > MAX_REQUESTS:
+        raise SettingsError(f"--requests {args.requests} is more than {MAX_REQUESTS:,}; split the run")
+    if not 0 <= args.warmup_requests <= MAX_WARMUP:
+        raise SettingsError(f"--warmup-requests {args.warmup_requests} must lie in [0, {MAX_WARMUP}]")
     if not 0.0 <= args.shared_prefix_fraction < 1.0:
         raise SettingsError(f"--shared-prefix-fraction {args.shared_prefix_fraction} must lie in [0, 1)")
     if args.plot:

@@ -20,7 +20,7 @@ import requests
 
 from openai_server import start_server
 from serving import bench as bench_module
-from serving.bench import CHECK_PROBES, PROBE_WORDS, BenchError, PromptFactory, calibrate
+from serving.bench import CHECK_PROBES, CORRECTIONS, BenchError, PromptFactory, RunConfig, calibrate
 from serving.bench_metrics import RequestRecord, percentile, summarize, tpot
 from serving.cli import main as cli_main
 from serving.openai_stream import (
@@ -161,14 +161,17 @@ def test_consume_stream_names_protocol_errors(events: list[str], expected: str) 
 def test_prompts_start_unique_unless_a_shared_prefix_is_asked_for() -> None:
     factory = PromptFactory(run_id="r1", seed=3)
     prompts = [factory.text(i, words=50) for i in range(20)]
-    assert len({p[:12] for p in prompts}) == 20  # the marker comes first
-    assert all(len(p.split()) == 51 for p in prompts)  # 50 filler words + marker
+    assert len({p.split()[0] for p in prompts}) == 20  # the marker comes first
+    assert all(len(p.split()) == 51 for p in prompts)  # 50 body words + marker
+    assert len({" ".join(p.split()[1:]) for p in prompts}) == 1  # same body: same length
     shared = [factory.text(i, words=50, shared_words=30) for i in range(20)]
     common = " ".join(shared[0].split()[:30])
     assert all(p.startswith(common + " [r1-") for p in shared)
     assert len({p.split()[30] for p in shared}) == 20
-    # Another run id gives other prompts, so a second run does not hit the first run's cache.
-    assert PromptFactory(run_id="r2", seed=3).text(0, 50)[:12] != prompts[0][:12]
+    # Another run id gives other markers, so a second run does not hit the first run's cache.
+    assert PromptFactory(run_id="r2", seed=3).text(0, 50).split()[0] != prompts[0].split()[0]
+    # A longer prompt extends the same body: calibration probes measure the run's text.
+    assert factory.text(0, 80).startswith(prompts[0])
 
 
 def fake_server_count(text: str) -> int:
@@ -185,12 +188,14 @@ def test_calibration_reaches_the_target_within_a_few_percent(target: int) -> Non
         return fake_server_count(text)
 
     plan = calibrate(probe, PromptFactory("cal", 0), target)
-    assert len(probes) == 8
-    reported = [fake_server_count(PromptFactory("cal", 0).text(i, plan.words)) for i in (-20, -21, -22)]
-    assert plan.calibrated_prompt_tokens == round(sum(reported) / 3)
-    built = [fake_server_count(PromptFactory("x", 1).text(i, plan.words)) for i in range(30)]
-    # Within 3 %, or 4 tokens for small targets where one word (1.5 tokens) is already 1.5 %.
-    assert abs(statistics.mean(built) - target) <= max(0.03 * target, 4)
+    assert 2 + CHECK_PROBES <= len(probes) <= 2 + CHECK_PROBES * (CORRECTIONS + 1)
+    # The reported length is what the server counted for prompts of the chosen word count.
+    chosen = [fake_server_count(text) for text in probes[2:] if len(text.split()) == plan.words + 1]
+    assert len(chosen) == CHECK_PROBES
+    assert plan.calibrated_prompt_tokens == round(sum(chosen) / CHECK_PROBES)
+    built = [fake_server_count(PromptFactory("x", 0).text(i, plan.words)) for i in range(30)]
+    # Within 2 %, or 2 tokens for small targets where one word (1.5 tokens) is already 1.5 %.
+    assert abs(statistics.mean(built) - target) <= max(0.02 * target, 2)
 
 
 def test_calibration_refuses_a_target_below_the_template_overhead() -> None:
@@ -293,12 +298,14 @@ def test_bench_sends_extra_fields_and_the_streaming_options(tmp_path: Path) -> N
                        "--concurrency", "1", "--input-tokens", "30", "--output-tokens", "7", "--no-progress",
                        "--warmup-requests", "1", "--ignore-eos", "--extra-body", '{"reasoning_effort": "medium"}')
     assert code == 0
-    # 8 calibration probes (max_tokens 1), 1 warm-up, 3 timed requests.
-    assert [b["max_tokens"] for b in state.bodies] == [1] * 8 + [7] * 4
+    # Calibration probes (max_tokens 1), then 1 warm-up and 3 timed requests.
+    probes = sum(1 for b in state.bodies if b["max_tokens"] == 1)
+    assert probes >= 2 + CHECK_PROBES
+    assert [b["max_tokens"] for b in state.bodies] == [1] * probes + [7] * 4
     for body in state.bodies:
         assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
         assert body["reasoning_effort"] == "medium" and body["ignore_eos"] is True
-    timed = [b["messages"][0]["content"] for b in state.bodies[9:]]
+    timed = [b["messages"][0]["content"] for b in state.bodies[probes + 1 :]]
     assert len({text.split()[0] for text in timed}) == 3  # each starts with its own marker
 
 
@@ -334,8 +341,8 @@ def test_bench_against_real_server(openai_server, tmp_path: Path) -> None:
         # and it streams its reasoning words before the first answer word.
         assert row["completion_tokens"] == 24
         assert row["ttft_s"] < row["ttft_content_s"] <= row["latency_s"]
-    # Calibration against the server's own count: within 10 % of the request.
-    assert abs(summary["average_prompt_tokens"] - 200) <= 20
+    # Calibration against the server's own count: within 3 % of the request.
+    assert abs(summary["average_prompt_tokens"] - 200) <= 6
     # Throughput is tokens over the wall time of the run, and the run fits in what we measured.
     completion_total = sum(r["completion_tokens"] for r in rows)
     assert summary["completion_tokens_total"] == completion_total
@@ -363,16 +370,23 @@ def _requests_seen(log_path: Path) -> int:
 def test_bench_counts_failures_when_the_server_stops_mid_run(tmp_path: Path) -> None:
     server = start_server(tmp_path / "own-server")
     json_path = tmp_path / "bench.json"
+    # Calibration is deterministic for a run id and seed: count its probes by running it first.
+    probe = bench_module._probe_function(
+        RunConfig(Endpoint.from_base_url(server.base_url), server.model, 400, 2, Timeouts(), {})
+    )
+    probe_texts: list[str] = []
+    calibrate(lambda text: probe_texts.append(text) or probe(text), PromptFactory("midrun", 0), 200)
     command = [
         sys.executable, "-m", "serving", "bench", "--base-url", server.base_url, "--model", server.model,
         "--requests", "40", "--concurrency", "2", "--input-tokens", "200", "--output-tokens", "400",
+        "--run-id", "midrun", "--seed", "0", "--warmup-requests", "2",
         "--no-progress", "--json", str(json_path), "--connect-timeout", "2", "--read-timeout", "10",
     ]
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        # Calibration probes and 2 warm-ups, then let 4 timed requests start (2 of them finish,
-        # with concurrency 2) before stopping the server.
-        before_run = len(PROBE_WORDS) + 2 * CHECK_PROBES + 2
+        # Our probes, the bench's probes and 2 warm-ups, then let 4 timed requests start (2 of them
+        # finish, with concurrency 2) before stopping the server.
+        before_run = 2 * len(probe_texts) + 2
         deadline = time.monotonic() + 60
         while _requests_seen(server.log_path) < before_run + 4 and time.monotonic() < deadline:
             time.sleep(0.05)
