@@ -44,7 +44,7 @@ from typing import Any
 
 import requests
 
-from serving.bench_metrics import RequestRecord, distribution_table, summarize, template_table
+from serving.bench_metrics import RequestRecord, distribution_table, percentile, summarize, template_table
 from serving.openai_stream import Endpoint, StreamResult, Timeouts, stream_chat_completion
 from serving.smoke import add_timeout_arguments, timeouts_from
 from serving.stack_outputs import SettingsError, add_endpoint_arguments, resolve_settings
@@ -230,12 +230,18 @@ def run_requests(
 
     results: list[StreamResult | None] = [None] * len(prompts)
     started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="bench") as pool:
+    pool = ThreadPoolExecutor(max_workers=config.concurrency, thread_name_prefix="bench")
+    try:
         futures = {pool.submit(one, text): index for index, text in enumerate(prompts)}
         for future in as_completed(futures):
             results[futures[future]] = future.result()
             if progress is not None:
                 progress()
+    except KeyboardInterrupt:
+        # Start nothing new; requests in flight end within their timeouts.
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
     wall_time = time.perf_counter() - started
     for held in sessions:
         held.close()
@@ -329,11 +335,17 @@ def write_latency_plot(records: Sequence[dict[str, Any]], path: Path) -> None:
 
     ok = [r for r in records if r["error"] is None]
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
-    axes[0].hist([r["latency_s"] for r in ok], bins=30, color="tab:blue")
-    axes[0].set_xlabel("end-to-end latency (s)")
-    axes[1].hist([r["ttft_s"] for r in ok if r["ttft_s"] is not None], bins=30, color="tab:orange")
-    axes[1].set_xlabel("TTFT (s)")
-    for axis in axes:
+    panels = (
+        ("end-to-end latency (s)", [r["latency_s"] for r in ok], "tab:blue"),
+        ("TTFT (s)", [r["ttft_s"] for r in ok if r["ttft_s"] is not None], "tab:orange"),
+    )
+    for axis, (label, values, colour) in zip(axes, panels):
+        axis.hist(values, bins=30, color=colour)
+        if values:
+            for p, style in ((50, "--"), (99, ":")):
+                axis.axvline(percentile(values, p), color="black", linestyle=style, label=f"p{p}")
+            axis.legend()
+        axis.set_xlabel(label)
         axis.set_ylabel("requests")
     figure.suptitle(f"{len(ok)} successful requests")
     figure.tight_layout()
