@@ -128,6 +128,21 @@ class StreamProtocolError(Exception):
     """The stream broke the SSE / OpenAI chunk format; the message says how."""
 
 
+class TotalTimeoutError(Exception):
+    """The request ran past `Timeouts.total` while bytes kept arriving."""
+
+
+def bounded_by(chunks: Iterable[bytes], deadline: float) -> Iterator[bytes]:
+    """Stop a body that keeps sending (keep-alive comments, a slow trickle) past the deadline.
+
+    The read timeout only bounds silence; this bounds the whole request.
+    """
+    for chunk in chunks:
+        if time.perf_counter() > deadline:
+            raise TotalTimeoutError()
+        yield chunk
+
+
 def iter_lines_from_chunks(chunks: Iterable[bytes]) -> Iterator[bytes]:
     """Split raw body chunks into lines (`\\n` or `\\r\\n` endings), however the chunks fall."""
     pending = b""
@@ -231,7 +246,7 @@ def consume_stream(
     for data in events:
         now = clock()
         if now > deadline:
-            result.error = f"request exceeded its total timeout after {now - result.start:.1f} s"
+            result.error = f"request exceeded its total timeout of {deadline - result.start:g} s"
             return
         if data.strip() == DONE_SENTINEL:
             saw_done = True
@@ -353,8 +368,10 @@ def stream_chat_completion(
                 )
                 result.end = time.perf_counter()
                 return result
-            events = iter_sse_data(iter_lines_from_chunks(_body_chunks(response)))
+            events = iter_sse_data(iter_lines_from_chunks(bounded_by(_body_chunks(response), deadline)))
             consume_stream(events, result, deadline, on_chunk=on_chunk)
+    except TotalTimeoutError:
+        result.error = f"request exceeded its total timeout of {timeouts.total:g} s"
     except requests.exceptions.ConnectTimeout:
         result.error = f"could not connect to {endpoint.root} within {timeouts.connect} s"
     except requests.exceptions.ReadTimeout:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-MODES = ("good", "error_mid_stream", "malformed", "cut", "no_usage", "stall", "unchunked", "http_500")
+MODES = ("good", "error_mid_stream", "malformed", "cut", "no_usage", "stall", "pings", "unchunked", "http_500")
 
 
 @dataclass
@@ -141,6 +141,10 @@ class ReplayHandler(BaseHTTPRequestHandler):
             return events
         if state.mode == "stall":
             events.append(("stall", state.stall_s, b""))
+        if state.mode == "pings":
+            # Keep-alive comments (as sse-starlette sends) every 0.1 s for stall_s: never silent.
+            for _ in range(int(state.stall_s / 0.1)):
+                events.append(("ping", 0.1, b": ping\n\n"))
         for i in range(script.content_tokens):
             data("content", script.content_delay_s, chunk({"content": f"word{i} "}))
         data("finish", 0.0, chunk({}, finish_reason="stop"))

@@ -251,6 +251,7 @@ def test_bench_takes_token_counts_from_usage_not_from_chunks(tmp_path: Path, cap
         ("malformed", "malformed event (not JSON)"),
         ("cut", "stream broken mid-stream"),
         ("stall", "read timeout"),
+        ("pings", "exceeded its total timeout of 1 s"),
         ("no_usage", "without usage"),
     ],
 )
@@ -262,7 +263,7 @@ def test_bench_counts_broken_streams_as_failures(mode: str, message: str, tmp_pa
         state.mode = "good"
         args = ["bench", "--base-url", server.base_url, "--model", state.model, "--requests", "4",
                 "--concurrency", "2", "--input-tokens", "20", "--output-tokens", "8", "--no-progress",
-                "--warmup-requests", "0", "--read-timeout", "0.5", "--json", str(json_path)]
+                "--warmup-requests", "0", "--read-timeout", "0.5", "--total-timeout", "1", "--json", str(json_path)]
         original = bench_module.calibrate
 
         def calibrate_then_break(*a, **k):
