@@ -377,7 +377,7 @@ def stream_chat_completion(
     except requests.exceptions.ReadTimeout:
         result.error = f"no data from {url} for {timeouts.read} s (read timeout)"
     except requests.exceptions.ConnectionError as exc:
-        cause = _root_cause(exc)
+        cause = root_cause(exc)
         if result.http_status is None:
             result.error = f"endpoint unreachable: {endpoint.root} ({cause})"
         elif "timed out" in cause.lower():
@@ -388,13 +388,13 @@ def stream_chat_completion(
     except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
         # ChunkedEncodingError and friends: the body stopped in the middle of an HTTP chunk;
         # urllib3/OSError errors come unwrapped from the read1 path of non-chunked bodies.
-        result.error = f"stream broken mid-stream: {type(exc).__name__}: {_root_cause(exc)}"
+        result.error = f"stream broken mid-stream: {type(exc).__name__}: {root_cause(exc)}"
     if result.end is None:
         result.end = time.perf_counter()
     return result
 
 
-def _root_cause(exc: BaseException) -> str:
+def root_cause(exc: BaseException) -> str:
     """The innermost exception's text: urllib3 nests the useful part several levels deep."""
     seen: BaseException = exc
     while True:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import requests
 
-from serving.openai_stream import Endpoint, Timeouts, stream_chat_completion
+from serving.openai_stream import Endpoint, Timeouts, root_cause, stream_chat_completion
 from serving.stack_outputs import SettingsError, add_endpoint_arguments, resolve_settings
 
 SMOKE_PROMPT = "Reply with one short sentence: what is 2 + 2?"
@@ -57,7 +57,7 @@ def _get(session: requests.Session, url: str, endpoint: Endpoint, timeouts: Time
     except requests.exceptions.ReadTimeout:
         raise SmokeFailure(f"GET {url}: no answer within {timeouts.read} s") from None
     except requests.exceptions.ConnectionError as exc:
-        raise SmokeFailure(f"endpoint unreachable: GET {url} failed ({type(exc).__name__})") from None
+        raise SmokeFailure(f"endpoint unreachable: GET {url} failed ({root_cause(exc)})") from None
     except requests.exceptions.RequestException as exc:
         raise SmokeFailure(f"GET {url} failed: {type(exc).__name__}: {exc}") from None
 

@@ -57,7 +57,9 @@ def test_smoke_names_an_unreachable_endpoint_without_traceback() -> None:
     closed.server_close()
     done = run_smoke_process("--base-url", url, "--model", "m", "--connect-timeout", "2")
     assert done.returncode == 1
-    assert done.stderr.strip() == f"smoke FAILED: endpoint unreachable: GET {url}/health failed (ConnectionError)"
+    assert done.stderr.strip() == (
+        f"smoke FAILED: endpoint unreachable: GET {url}/health failed ([Errno 111] Connection refused)"
+    )
 
 
 @pytest.mark.parametrize(
