@@ -83,7 +83,8 @@ async def _stream(writer: asyncio.StreamWriter, max_tokens: int, rate: float, pr
         else:
             # drain() does not yield while the buffer is low: let the other streams write too.
             await asyncio.sleep(0)
-    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": max_tokens, "total_tokens": prompt_tokens + max_tokens}
+    total = prompt_tokens + max_tokens
+    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": max_tokens, "total_tokens": total}
     tail = 'data: {"choices":[],"usage":%s}\n\ndata: [DONE]\n\n' % json.dumps(usage)
     writer.write(_http_chunk(tail.encode()) + b"0\r\n\r\n")
     await writer.drain()
@@ -239,7 +240,7 @@ def parse_cost_us(events: int = 100_000) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--rate", type=float, default=400.0, help="tokens/s per stream in the paced phase (default 400)")
+    parser.add_argument("--rate", type=float, default=400.0, help="tokens/s per stream, paced phase (default 400)")
     parser.add_argument("--streams", type=int, default=64, help="concurrent streams (default 64)")
     parser.add_argument("--tokens", type=int, default=2000, help="tokens per request (default 2000)")
     parser.add_argument("--rounds", type=int, default=2, help="requests per stream slot (default 2)")

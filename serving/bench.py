@@ -10,12 +10,12 @@ counts always come from the server's `usage`, never from the request. `--ignore-
 that support it (TensorRT-LLM, vLLM) for exactly `--output-tokens` tokens.
 
 Prompts: a body of random common English words (the same in every prompt), sized by calibration
-against the server's own
-`usage.prompt_tokens` (no tokenizer can be downloaded here): two probes with `max_tokens: 1`
-measure the chat-template overhead and the tokens per word, then pairs of probes check and
-correct the word count (at most 12 probes in all, none counted in the results). Each prompt starts with a unique marker (`[run id-request index]`) so that no two share a
-cached prefix (block reuse is on in the template); `--shared-prefix-fraction F` instead puts the
-same filler (F of the prompt) before the marker in every prompt, to measure KV block reuse.
+against the server's own `usage.prompt_tokens` (no tokenizer can be downloaded here): two probes
+with `max_tokens: 1` measure the chat-template overhead and the tokens per word, then pairs of
+probes check and correct the word count (at most 12 probes in all, none counted in the results).
+Each prompt starts with a unique marker (`[run id-request index]`) so that no two share a cached
+prefix (block reuse is on in the template); `--shared-prefix-fraction F` instead puts the first
+F of the body before the marker, a prefix shared by every prompt, to measure KV block reuse.
 The chat template's own preamble (system header) is shared by every prompt whatever is chosen.
 
 Warm-up requests (`--warmup-requests`, default 2) run first and are not counted.
@@ -179,7 +179,7 @@ def record_from(result: StreamResult) -> RequestRecord:
         completion_tokens=result.completion_tokens,
         error=result.error,
         ttft_content_s=result.ttft_content_s,
-        itl_s=[later - earlier for earlier, later in zip(times, times[1:])],
+        itl_s=[later - earlier for earlier, later in zip(times, times[1:], strict=False)],
     )
 
 
@@ -339,7 +339,7 @@ def write_latency_plot(records: Sequence[dict[str, Any]], path: Path) -> None:
         ("end-to-end latency (s)", [r["latency_s"] for r in ok], "tab:blue"),
         ("TTFT (s)", [r["ttft_s"] for r in ok if r["ttft_s"] is not None], "tab:orange"),
     )
-    for axis, (label, values, colour) in zip(axes, panels):
+    for axis, (label, values, colour) in zip(axes, panels, strict=True):
         axis.hist(values, bins=30, color=colour)
         if values:
             for p, style in ((50, "--"), (99, ":")):
@@ -432,11 +432,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_endpoint_arguments(parser)
     scenario = parser.add_argument_group("scenario")
-    scenario.add_argument("--requests", type=int, default=DEFAULT_REQUESTS, help="timed requests (default 150)")
-    scenario.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="requests in flight (default 16)")
-    scenario.add_argument("--input-tokens", type=int, default=DEFAULT_INPUT_TOKENS, help="prompt tokens per request (default 4000)")
-    scenario.add_argument("--output-tokens", type=int, default=DEFAULT_OUTPUT_TOKENS, help="max_tokens per request (default 1000)")
-    scenario.add_argument("--warmup-requests", type=int, default=2, help="uncounted requests before the run (default 2)")
+    add = scenario.add_argument
+    add("--requests", type=int, default=DEFAULT_REQUESTS, help="timed requests (default 150)")
+    add("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="requests in flight (default 16)")
+    add("--input-tokens", type=int, default=DEFAULT_INPUT_TOKENS, help="prompt tokens per request (default 4000)")
+    add("--output-tokens", type=int, default=DEFAULT_OUTPUT_TOKENS, help="max_tokens per request (default 1000)")
+    add("--warmup-requests", type=int, default=2, help="uncounted requests before the run (default 2)")
     scenario.add_argument(
         "--shared-prefix-fraction",
         type=float,

@@ -320,7 +320,10 @@ def http_error_message(status: int, body_text: str, model: str, endpoint: Endpoi
     detail = " ".join(detail.split())[:300]
     if status == 401:
         key_state = "no API key was sent" if not endpoint.api_key else "the API key was rejected"
-        return f"HTTP 401 Unauthorized from {endpoint.api_base}: {key_state} (pass the right one with --api-key): {detail}"
+        return (
+            f"HTTP 401 Unauthorized from {endpoint.api_base}: {key_state} "
+            f"(pass the right one with --api-key): {detail}"
+        )
     if status == 403:
         return f"HTTP 403 Forbidden from {endpoint.api_base}: the API key may not use this endpoint: {detail}"
     if status == 404:

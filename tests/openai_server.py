@@ -107,7 +107,7 @@ def build_tiny_model(cache_dir: Path) -> str:
     answer_ids = word_ids[REASONING_WORDS : REASONING_WORDS + ANSWER_WORDS]
     token_id = fast.convert_tokens_to_ids
     chain = [token_id("<|assistant|>"), token_id("<think>"), *reasoning_ids, token_id("</think>"), *answer_ids]
-    successor = dict(zip(chain, chain[1:]))
+    successor = dict(zip(chain, chain[1:], strict=False))
     successor[answer_ids[-1]] = answer_ids[0]
     hidden = -(-vocab // 64) * 64  # one-hot embeddings need hidden >= vocab
     config = LlamaConfig(

@@ -90,7 +90,8 @@ class ReplayHandler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         if self.path == "/health":
-            self._json(self.server.state.health_status, {"status": "ok" if self.server.state.health_status == 200 else "unhealthy"})
+            status = self.server.state.health_status
+            self._json(status, {"status": "ok" if status == 200 else "unhealthy"})
         elif self.path == "/v1/models":
             if self._authorized():
                 self._json(200, {"object": "list", "data": [{"id": self.server.state.model, "object": "model"}]})

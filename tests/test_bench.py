@@ -289,7 +289,9 @@ def test_bench_names_an_unreachable_endpoint(capsys) -> None:
     port.server_close()
     assert run_cli("bench", "--base-url", url, "--model", "m", "--no-progress") == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"bench FAILED: calibration probe failed: endpoint unreachable: {url} ([Errno 111] Connection refused)"]
+    assert err == [
+        f"bench FAILED: calibration probe failed: endpoint unreachable: {url} ([Errno 111] Connection refused)"
+    ]
 
 
 def test_bench_sends_extra_fields_and_the_streaming_options(tmp_path: Path) -> None:
