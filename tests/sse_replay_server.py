@@ -184,9 +184,10 @@ class ReplayHandler(BaseHTTPRequestHandler):
                     return
                 if kind == "stall":
                     continue
+                # Stamp before writing: the client may read and stamp the event before write returns.
+                log.append((kind, time.perf_counter()))
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(raw), raw) if chunked else raw)
                 self.wfile.flush()
-                log.append((kind, time.perf_counter()))
             if chunked:
                 self.wfile.write(b"0\r\n\r\n")
                 self.wfile.flush()
