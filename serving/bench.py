@@ -18,7 +18,8 @@ prefix (block reuse is on in the template); `--shared-prefix-fraction F` instead
 F of the body before the marker, a prefix shared by every prompt, to measure KV block reuse.
 The chat template's own preamble (system header) is shared by every prompt whatever is chosen.
 
-Warm-up requests (`--warmup-requests`, default 2) run first and are not counted.
+Before anything else `/v1/models` must list the model. Warm-up requests (`--warmup-requests`,
+default 2) run first and are not counted.
 Concurrency: a pool of `--concurrency` threads, each with its own `requests.Session`; the next
 request starts as soon as one finishes. The progress bar is tqdm (pinned): it keeps ETA and rate
 right on a terminal and degrades to plain lines in CI logs, at no cost in the timing path.
@@ -46,7 +47,7 @@ import requests
 
 from serving.bench_metrics import RequestRecord, distribution_table, percentile, summarize, template_table
 from serving.openai_stream import Endpoint, StreamResult, Timeouts, stream_chat_completion
-from serving.smoke import add_timeout_arguments, timeouts_from
+from serving.smoke import SmokeFailure, add_timeout_arguments, check_models, timeouts_from
 from serving.stack_outputs import SettingsError, add_endpoint_arguments, resolve_settings
 
 DEFAULT_REQUESTS = 150
@@ -269,8 +270,19 @@ def _probe_function(config: RunConfig) -> Callable[[str], int]:
     return probe
 
 
+def preflight(config: RunConfig) -> None:
+    """`/v1/models` must list the model: some servers (TensorRT-LLM) answer any model name, so a
+    typo would otherwise benchmark whatever is served under a name nobody asked for."""
+    with requests.Session() as session:
+        try:
+            check_models(session, config.endpoint, config.model, config.timeouts)
+        except SmokeFailure as exc:
+            raise BenchError(str(exc)) from None
+
+
 def run_benchmark(args: argparse.Namespace, config: RunConfig) -> tuple[dict[str, Any], str]:
-    """Calibrate, warm up, run; return the JSON report and the Markdown tables."""
+    """Check the model is served, calibrate, warm up, run; return the JSON report and the tables."""
+    preflight(config)
     run_id = args.run_id or f"{random.SystemRandom().getrandbits(32):08x}"
     factory = PromptFactory(run_id=run_id, seed=args.seed)
     plan = calibrate(_probe_function(config), factory, args.input_tokens, args.shared_prefix_fraction)

@@ -289,9 +289,16 @@ def test_bench_names_an_unreachable_endpoint(capsys) -> None:
     port.server_close()
     assert run_cli("bench", "--base-url", url, "--model", "m", "--no-progress") == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [
-        f"bench FAILED: calibration probe failed: endpoint unreachable: {url} ([Errno 111] Connection refused)"
-    ]
+    assert err == [f"bench FAILED: endpoint unreachable: GET {url}/v1/models failed ([Errno 111] Connection refused)"]
+
+
+def test_bench_refuses_a_model_the_server_does_not_list(openai_server, capsys) -> None:
+    code = run_cli("bench", "--base-url", openai_server.base_url, "--model", "openai/gpt-oss-120b", "--no-progress")
+    assert code == 1
+    assert capsys.readouterr().err.strip() == (
+        f"bench FAILED: unknown model 'openai/gpt-oss-120b': GET {openai_server.base_url}/v1/models lists "
+        "['tiny/chat']; pass one of those with --model"
+    )
 
 
 def test_bench_sends_extra_fields_and_the_streaming_options(tmp_path: Path) -> None:
