@@ -271,8 +271,8 @@ def _probe_function(config: RunConfig) -> Callable[[str], int]:
 
 
 def preflight(config: RunConfig) -> None:
-    """`/v1/models` must list the model: some servers (TensorRT-LLM) answer any model name, so a
-    typo would otherwise benchmark whatever is served under a name nobody asked for."""
+    """`/v1/models` must list the model: a server that answers under any model name would
+    otherwise be benchmarked under a mistyped one, and the report would carry that name."""
     with requests.Session() as session:
         try:
             check_models(session, config.endpoint, config.model, config.timeouts)
