@@ -231,6 +231,18 @@ def parse_settings(values: Mapping[str, Any], *, region: str | None,
         admin_role_arns=read.string_list("clusterAdminRoleArns"),
         api_public_access_cidrs=read.cidrs("clusterApiPublicCidrs"),
     )
+    private_only = read.boolean("clusterApiPrivateOnly")
+    if not existing_cluster and private_only and cluster.api_public_access_cidrs:
+        read.fail("clusterApiPublicCidrs", list(cluster.api_public_access_cidrs),
+                  "must be empty with clusterApiPrivateOnly true; remove one of the two settings")
+    if not existing_cluster and not private_only and not cluster.api_public_access_cidrs:
+        # A private-only endpoint cannot work on the first `pulumi up`: nothing inside the new
+        # VPC exists yet to deploy the workload. Public access is a choice the stack must state.
+        read.fail("clusterApiPublicCidrs", [],
+                  "pulumi up must reach the new cluster's Kubernetes API to deploy the workload; "
+                  "list the egress CIDRs of your CI runners and operators (IAM authentication "
+                  'still applies), or ["0.0.0.0/0"] for any address; for a stack deployed from '
+                  "inside the VPC, set clusterApiPrivateOnly true instead")
     for arn in cluster.admin_role_arns:
         if not re.fullmatch(r"arn:aws[a-z-]*:iam::\d{12}:role/.+", arn):
             read.fail("clusterAdminRoleArns", arn, "expected an IAM role ARN, arn:aws:iam::<account>:role/<name>")

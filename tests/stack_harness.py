@@ -45,6 +45,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "availabilityZoneCount": 3,
         "clusterAdminRoleArns": ["arn:aws:iam::123456789012:role/platform-admins"],
         "clusterApiPublicCidrs": [],
+        "clusterApiPrivateOnly": True,
     }},
 }
 

@@ -9,8 +9,13 @@ from components.settings import SettingsError, parse_settings, project_defaults
 TOKEN = frozenset({"hfAccessToken"})
 
 
+# What every stack that creates a cluster states (Pulumi.prod.yaml does).
+STACK_VALUES = {"clusterApiPublicCidrs": ["0.0.0.0/0"]}
+
+
 def parse(region: str | None = "us-east-1", secrets=TOKEN, **values):
-    return parse_settings({**project_defaults(), **values}, region=region, secrets_present=secrets)
+    return parse_settings({**project_defaults(), **STACK_VALUES, **values}, region=region,
+                          secrets_present=secrets)
 
 
 def problems(**kwargs) -> list[str]:
@@ -95,3 +100,16 @@ def test_every_problem_at_once_and_bad_values_named():
     assert len(found) == 6
     assert any("gpuCapacityType = 'RESERVED': use one of ON_DEMAND, SPOT, CAPACITY_BLOCK" in p for p in found)
     assert any("startupTimeoutMinutes = 5: expected a whole number from 40 to 240" in p for p in found)
+
+
+def test_public_api_access_must_be_stated_when_creating_a_cluster():
+    [problem] = problems(clusterApiPublicCidrs=[])
+    assert problem.startswith("gpt-oss-trtllm:clusterApiPublicCidrs = []: pulumi up must reach")
+    assert "clusterApiPrivateOnly" in problem
+    settings = parse(clusterApiPublicCidrs=[], clusterApiPrivateOnly=True)
+    assert settings.cluster.api_public_access_cidrs == ()
+    [conflict] = problems(clusterApiPrivateOnly=True)
+    assert "must be empty with clusterApiPrivateOnly true" in conflict
+    # An existing cluster's API is not this stack's business.
+    assert parse(clusterApiPublicCidrs=[], secrets=frozenset({"hfAccessToken", "kubeconfig"}),
+                 endpointSourceRanges=["10.0.0.0/8"]).existing_cluster
