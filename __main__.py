@@ -135,7 +135,6 @@ def main() -> None:
     server = InferenceServer("gpt-oss", InferenceServerArgs(
         serving=settings.serving,
         endpoint=settings.endpoint,
-        gpu_nodes=settings.gpu_nodes,
         platform=platform,
         hf_access_token=secrets.hf_access_token,
     ))

@@ -15,7 +15,7 @@ import pulumi_kubernetes as k8s
 import pulumi_random as random
 
 from components.platform import KubernetesPlatform
-from components.settings import EndpointSettings, GpuNodeSettings, ServingSettings
+from components.settings import EndpointSettings, ServingSettings
 from serving import gateway, workload
 from serving.runtime import render_options_yaml
 
@@ -24,7 +24,6 @@ from serving.runtime import render_options_yaml
 class InferenceServerArgs:
     serving: ServingSettings
     endpoint: EndpointSettings
-    gpu_nodes: GpuNodeSettings
     platform: KubernetesPlatform
     hf_access_token: pulumi.Output[str]
 
@@ -45,7 +44,8 @@ class InferenceServer(pulumi.ComponentResource):
             names=workload.WorkloadNames(namespace=serving.namespace),
             runtime=serving.runtime,
             replicas=serving.replicas,
-            instance=args.gpu_nodes.instance,
+            server_cpu=serving.server_cpu,
+            server_memory_gib=serving.server_memory_gib,
             gpu_node_selector=serving.gpu_node_selector,
             weights_host_path=serving.weights_host_path,
             startup_timeout_minutes=serving.startup_timeout_minutes,

@@ -18,8 +18,9 @@ from typing import Any
 import pulumi
 import yaml
 
-from serving.hardware import INSTANCE_TYPES, MODELS, InstanceType
+from serving.hardware import GPT_OSS_120B, INSTANCE_TYPES, MODELS, InstanceType
 from serving.runtime import RuntimeConfigError, ServingRuntime, build_runtime
+from serving.workload import replica_resources
 
 PROJECT = "gpt-oss-trtllm"
 
@@ -28,6 +29,9 @@ CAPACITY_TYPES = ("ON_DEMAND", "SPOT", "CAPACITY_BLOCK")
 ENDPOINT_SCHEMES = ("internal", "internet-facing")
 # EKS standard-support versions when this was written; extend as AWS releases more.
 KUBERNETES_VERSIONS = ("1.32", "1.33", "1.34", "1.35")
+# Below these a replica of gpt-oss-120b cannot load (tokenizer workers, the checkpoint in RAM).
+MIN_SERVER_CPU = 4
+MIN_SERVER_MEMORY_GIB = 96
 # Keys whose values are secrets: read with get_secret, never unwrapped by the program.
 SECRET_KEYS = ("hfAccessToken", "kubeconfig")
 
@@ -83,6 +87,9 @@ class ServingSettings:
     namespace: str
     replicas: int
     runtime: ServingRuntime
+    # CPU cores and memory GiB per replica; derived from the GPU instance type unless set.
+    server_cpu: int
+    server_memory_gib: int
     startup_timeout_minutes: int
     weights_host_path: str
     gpu_node_selector: dict[str, str]
@@ -341,6 +348,17 @@ def parse_settings(values: Mapping[str, Any], *, region: str | None,
                   "with an existing cluster, list the CIDRs that may reach the endpoint "
                   "(e.g. your VPC CIDR)")
 
+    server_cpu, server_memory_gib = replica_resources(instance, runtime.gpus_per_replica if runtime else 2)
+    cpu_override = read.integer("serverCpu", 0, instance.vcpus)
+    memory_override = read.integer("serverMemoryGiB", 0, instance.memory_gib)
+    if 0 < cpu_override < MIN_SERVER_CPU:
+        read.fail("serverCpu", cpu_override, f"use at least {MIN_SERVER_CPU} cores (or 0 to size from gpuInstanceType)")
+    if 0 < memory_override < MIN_SERVER_MEMORY_GIB:
+        read.fail("serverMemoryGiB", memory_override,
+                  f"use at least {MIN_SERVER_MEMORY_GIB} GiB: the {GPT_OSS_120B.checkpoint_bytes / 2**30:.0f} GiB "
+                  "checkpoint passes through host memory while loading (or 0 to size from gpuInstanceType)")
+    server_cpu = cpu_override or server_cpu
+    server_memory_gib = memory_override or server_memory_gib
     startup_timeout_minutes = read.integer("startupTimeoutMinutes", 40, 240)
     hf_token_in_secrets_manager = read.boolean("hfTokenInSecretsManager")
     cost_budget_usd_per_hour = read.integer("costBudgetUsdPerHour", 0)
@@ -358,6 +376,8 @@ def parse_settings(values: Mapping[str, Any], *, region: str | None,
             namespace=namespace,
             replicas=replicas,
             runtime=runtime,
+            server_cpu=server_cpu,
+            server_memory_gib=server_memory_gib,
             startup_timeout_minutes=startup_timeout_minutes,
             weights_host_path=weights_host_path,
             gpu_node_selector=gpu_node_selector,

@@ -76,7 +76,8 @@ class WorkloadSpec:
     names: WorkloadNames
     runtime: ServingRuntime
     replicas: int
-    instance: InstanceType  # the GPU node type: sizes CPU and memory requests
+    server_cpu: int  # cores requested per replica (see replica_resources)
+    server_memory_gib: int  # memory requested and limited per replica
     gpu_node_selector: dict[str, str]
     weights_host_path: str
     startup_timeout_minutes: int
@@ -158,7 +159,7 @@ def _http_probe(port: str, period: int, failures: int, timeout: int = 5) -> dict
 def deployment(spec: WorkloadSpec, *, pod_annotations: dict[str, Any]) -> dict[str, Any]:
     runtime = spec.runtime
     gpus = runtime.gpus_per_replica
-    cpu, memory_gib = replica_resources(spec.instance, gpus)
+    cpu, memory_gib = spec.server_cpu, spec.server_memory_gib
     token = SecretRef(spec.names.hf_token_secret, HF_TOKEN_SECRET_KEY)
     options_path = f"{OPTIONS_DIR}/{OPTIONS_FILE_NAME}"
     cache_mount = {"name": "hf-cache", "mountPath": HF_HOME}

@@ -113,3 +113,15 @@ def test_public_api_access_must_be_stated_when_creating_a_cluster():
     # An existing cluster's API is not this stack's business.
     assert parse(clusterApiPublicCidrs=[], secrets=frozenset({"hfAccessToken", "kubeconfig"}),
                  endpointSourceRanges=["10.0.0.0/8"]).existing_cluster
+
+
+def test_server_resources_derive_from_the_node_type_or_are_set_explicitly():
+    derived = parse().serving
+    assert (derived.server_cpu, derived.server_memory_gib) == (40, 435)
+    byo = parse(secrets=frozenset({"hfAccessToken", "kubeconfig"}), endpointSourceRanges=["10.0.0.0/8"],
+                serverCpu=22, serverMemoryGiB=180).serving
+    assert (byo.server_cpu, byo.server_memory_gib) == (22, 180)
+    [problem] = problems(serverMemoryGiB=64)
+    assert problem.startswith("gpt-oss-trtllm:serverMemoryGiB = 64: use at least 96 GiB")
+    [problem] = problems(serverCpu=500)
+    assert problem == "gpt-oss-trtllm:serverCpu = 500: expected a whole number from 0 to 192"

@@ -28,7 +28,8 @@ def make_spec(**changes) -> WorkloadSpec:
         names=WorkloadNames(namespace="gpt-oss"),
         runtime=build_runtime(),
         replicas=4,
-        instance=INSTANCE_TYPES["p5.48xlarge"],
+        server_cpu=40,
+        server_memory_gib=435,
         gpu_node_selector={"nvidia.com/gpu.present": "true"},
         weights_host_path="/mnt/k8s-disks/0/huggingface",
         startup_timeout_minutes=60,
@@ -67,15 +68,20 @@ def test_a_misspelt_field_would_be_caught_by_the_same_validation():
         kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
 
 
-def test_server_gets_exactly_its_gpus_and_a_quarter_of_a_p5_per_two_gpus():
-    server = containers(deployment(make_spec(), pod_annotations={}))["trtllm-serve"]
+def test_server_gets_exactly_its_gpus_and_the_cpu_and_memory_it_was_given():
+    server = containers(deployment(make_spec(server_cpu=12, server_memory_gib=200), pod_annotations={}))["trtllm-serve"]
     assert server["resources"]["limits"]["nvidia.com/gpu"] == "2"
     assert server["resources"]["requests"]["nvidia.com/gpu"] == "2"
-    cpu, memory = replica_resources(INSTANCE_TYPES["p5.48xlarge"], 2)
-    # Four replicas' requests must fit one p5.48xlarge (192 vCPU, 2048 GiB).
-    assert 4 * cpu <= 192 and 4 * memory <= 2048
-    assert cpu >= 32 and memory >= 256
-    assert server["resources"]["requests"]["cpu"] == str(cpu)
+    assert server["resources"]["requests"]["cpu"] == "12"
+    assert server["resources"]["requests"]["memory"] == server["resources"]["limits"]["memory"] == "200Gi"
+    assert "cpu" not in server["resources"]["limits"]  # no CPU throttling of the scheduler thread
+
+
+def test_replica_share_of_a_p5_lets_four_two_gpu_replicas_fit_one_node():
+    p5 = INSTANCE_TYPES["p5.48xlarge"]
+    cpu, memory = replica_resources(p5, 2)
+    assert (cpu, memory) == (int(192 * 2 / 8 * 0.85), int(2048 * 2 / 8 * 0.85))  # 40, 435
+    assert 4 * cpu <= p5.vcpus and 4 * memory <= p5.memory_gib
 
 
 def test_gpu_scheduling_toleration_selector_and_shared_memory():
