@@ -14,10 +14,11 @@ from typing import Any
 
 import yaml
 
+import fake_credentials
 from offline.program import PlannedResource, PlanResult, run_program
 
 # Distinctive fake secrets: tests grep every written byte for them.
-FAKE_HF_TOKEN = "hf_FAKEtokenForOfflineTests9f3b27c1d8e4"
+FAKE_HF_TOKEN = fake_credentials.hugging_face_token()
 FAKE_KUBECONFIG = "\n".join([
     "apiVersion: v1",
     "kind: Config",

@@ -27,12 +27,13 @@ from pulumi.runtime.proto import analyzer_pb2, analyzer_pb2_grpc
 from pulumi_policy import EnforcementLevel, ResourceValidationPolicy, StackValidationPolicy
 from pulumi_policy.proxy import UNKNOWN_STRING_VALUE
 
+import fake_credentials
 from policy.engine import PolicyReport, policy_resource, run_policies
 from policy.resources import image_pin_problem, is_gpu_instance_type
 from policy.rules import POLICIES, parallel_sizes_from_args
 
 ROOT = Path(__file__).resolve().parent.parent
-HF_TOKEN = "hf_" + "Q7x9Lm2Pz4Rt8Kw1Vb6Nc3Yd5Fg0Hj2Ks"  # made up; the shape of a real one
+HF_TOKEN = fake_credentials.hugging_face_token()
 API_KEY = "k3Jx9_Qp2mZr8Lw5Vt1Nb7Yc4Hd6Fg0Sa"  # made up, 34 base64url characters
 NS = "gpt-oss"
 
@@ -349,8 +350,8 @@ def test_stack_secrets_given_by_the_offline_runner_are_matched():
 
 @pytest.mark.parametrize("literal, found", [
     ("Authorization: Bearer abcdefghijklmnop0123", "bearer token"),
-    ("AKIAABCDEFGHIJKLMNOP", "AWS access key id"),
-    ("aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "AWS secret access key"),
+    (fake_credentials.aws_access_key_id(), "AWS access key id"),
+    ("aws_secret_access_key = " + fake_credentials.aws_secret_access_key(), "AWS secret access key"),
 ])
 def test_token_shapes_in_arguments_are_refused(literal: str, found: str):
     stack = [deployment(args=[*server_args(), literal]), options_config_map()]

@@ -15,12 +15,13 @@ from pathlib import Path
 import pytest
 import yaml
 
+import fake_credentials
 import policy.offline as offline
 from policy.offline import StackRun, check_plan, format_report, run_stack
 from policy.rules import load_balancer_exposure
 
 ROOT = Path(__file__).resolve().parent.parent
-HF_TOKEN = "hf_" + "Z8y7X6w5V4u3T2s1R0q9P8o7N6m5L4k3J2"  # made up; the shape of a real one
+HF_TOKEN = fake_credentials.hugging_face_token()
 
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
 NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"

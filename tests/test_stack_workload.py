@@ -7,7 +7,7 @@ import json
 import yaml
 
 from serving.hardware import INSTANCE_TYPES
-from tests.stack_harness import FAKE_HF_TOKEN, plan, run
+from stack_harness import FAKE_HF_TOKEN, plan, run
 
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
 SECRET = "kubernetes:core/v1:Secret"
