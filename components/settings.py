@@ -12,17 +12,16 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pulumi
-import yaml
 
 from serving.hardware import GPT_OSS_120B, INSTANCE_TYPES, MODELS, InstanceType
+from serving.project_files import declared_config, project_name
 from serving.runtime import RuntimeConfigError, ServingRuntime, build_runtime
 from serving.workload import replica_resources
 
-PROJECT = "gpt-oss-trtllm"
+PROJECT = project_name()
 
 AMI_TYPES = ("AL2023_x86_64_NVIDIA", "BOTTLEROCKET_x86_64_NVIDIA")
 CAPACITY_TYPES = ("ON_DEMAND", "SPOT", "CAPACITY_BLOCK")
@@ -390,18 +389,6 @@ def parse_settings(values: Mapping[str, Any], *, region: str | None,
 
 # --- Reading the configuration from Pulumi -------------------------------------------------
 
-PULUMI_YAML = Path(__file__).resolve().parent.parent / "Pulumi.yaml"
-
-
-def project_config_schema(path: Path = PULUMI_YAML) -> dict[str, dict[str, Any]]:
-    """The `config:` block of Pulumi.yaml: key -> {type, default, secret, description}."""
-    return yaml.safe_load(path.read_text())["config"]
-
-
-def project_defaults(path: Path = PULUMI_YAML) -> dict[str, Any]:
-    return {key: spec["default"] for key, spec in project_config_schema(path).items() if "default" in spec}
-
-
 @dataclass(frozen=True)
 class StackSecrets:
     """Secret configuration, kept as Pulumi secret outputs from the moment it is read."""
@@ -415,7 +402,7 @@ def load_settings() -> tuple[StackSettings, StackSecrets]:
     config = pulumi.Config()
     values: dict[str, Any] = {}
     secrets: dict[str, pulumi.Output[str]] = {}
-    for key, spec in project_config_schema().items():
+    for key, spec in declared_config().items():
         if spec.get("secret"):
             # Optional secrets default to "" in Pulumi.yaml (the CLI requires a value or a
             # default for every declared key): an empty value means the key is not set.

@@ -22,11 +22,9 @@ import os
 import runpy
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pulumi
-import yaml
 from pulumi.runtime import rpc
 from pulumi.runtime import settings as runtime_settings
 from pulumi.runtime.mocks import MockMonitor
@@ -34,8 +32,9 @@ from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
 from offline.mocks import PlanMocks
+from serving import project_files
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
+PROJECT_DIR = project_files.PROJECT_DIR
 SECRET_MARK = "[secret]"
 MIN_SECRET_LENGTH = 16
 # Used when neither the stack nor the environment provides a Hugging Face token: the offline
@@ -180,14 +179,6 @@ class RecordingMonitor(MockMonitor):
 
 # --- configuration ---------------------------------------------------------------------------
 
-def _project() -> dict[str, Any]:
-    return yaml.safe_load((PROJECT_DIR / "Pulumi.yaml").read_text())
-
-
-def stack_file(stack: str) -> Path:
-    return PROJECT_DIR / f"Pulumi.{stack}.yaml"
-
-
 def _config_text(value: Any) -> str:
     """Config values as the engine hands them to the program: strings, objects as JSON."""
     if isinstance(value, bool):
@@ -207,15 +198,9 @@ def assemble_config(
     secret_overrides: dict[str, str] | None,
 ) -> tuple[str, dict[str, str], set[str]]:
     """(project name, full config as strings, secret keys), as the CLI would assemble them."""
-    project = _project()
-    name = project["name"]
-    declared: dict[str, dict[str, Any]] = project.get("config") or {}
-
-    path = stack_file(stack)
-    if not path.exists():
-        raise FileNotFoundError(f"no stack file {path.name}; stacks here: "
-                                + ", ".join(p.name for p in sorted(PROJECT_DIR.glob("Pulumi.*.yaml"))))
-    stack_config: dict[str, Any] = (yaml.safe_load(path.read_text()) or {}).get("config") or {}
+    name = project_files.project_name()
+    declared = project_files.declared_config()
+    stack_config = project_files.stack_config(stack)
 
     values: dict[str, Any] = {}
     secret_keys: set[str] = set()

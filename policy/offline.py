@@ -27,10 +27,9 @@ import yaml
 from pulumi_policy import Policy, PolicyResource
 
 from policy.engine import PolicyReport, policy_resource, run_policies
-from policy.rules import POLICIES
+from policy.rules import BUDGET_KEY, POLICIES
 
 SECRET_MARK = "[secret]"
-BUDGET_KEY = "costBudgetUsdPerHour"
 
 
 def _string_leaves(value: Any) -> set[str]:

@@ -15,15 +15,18 @@ from typing import Any, TypeVar
 
 from pulumi_policy.proxy import UnknownValueError
 
+from serving import workload
 from serving.hardware import INSTANCE_TYPES
+from serving.runtime import OPTIONS_FILE_NAME
 
 T = TypeVar("T")
 
 GPU_RESOURCE = "nvidia.com/gpu"
-SERVER_CONTAINER = "trtllm-serve"
-GATEWAY_CONTAINER = "api-gateway"
-GATEWAY_PORT_NAME = "gateway"
-OPTIONS_FILE_KEY = "extra-llm-api-options.yaml"
+# The workload's names, from the code that writes them: the policies check that contract.
+SERVER_CONTAINER = workload.SERVER_CONTAINER
+GATEWAY_CONTAINER = workload.GATEWAY_CONTAINER
+GATEWAY_PORT_NAME = workload.GATEWAY_PORT_NAME
+OPTIONS_FILE_KEY = OPTIONS_FILE_NAME
 
 NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
 LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"

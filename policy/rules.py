@@ -66,11 +66,11 @@ from policy.resources import (
     token_shape,
     usd_per_hour,
 )
+from serving.project_files import project_defaults, project_name
 
-PROJECT = "gpt-oss-trtllm"  # the stack config namespace the budget is read from
-# The budget when neither the policy config nor the stack config gives one; the same default as
-# `costBudgetUsdPerHour` in Pulumi.yaml (one p5.48xlarge at about 55 USD an hour fits).
-DEFAULT_BUDGET_USD_PER_HOUR = 60
+# The stack setting the budget comes from; when neither the policy config nor the stack config
+# gives one, its Pulumi.yaml default applies (one p5.48xlarge at about 55 USD an hour fits).
+BUDGET_KEY = "costBudgetUsdPerHour"
 
 LB_INTERNAL = "service.beta.kubernetes.io/aws-load-balancer-internal"
 LB_SCHEME = "service.beta.kubernetes.io/aws-load-balancer-scheme"
@@ -526,7 +526,7 @@ def _stack_config_budget() -> int | None:
     try:
         import pulumi
 
-        return pulumi.Config(PROJECT).get_int("costBudgetUsdPerHour")
+        return pulumi.Config(project_name()).get_int(BUDGET_KEY)
     except Exception:  # noqa: BLE001 - no runtime config (tests, offline): fall back to the default
         return None
 
@@ -536,7 +536,7 @@ def budget_usd_per_hour(config: Mapping[str, Any]) -> float:
     if isinstance(configured, (int, float)) and not isinstance(configured, bool):
         return float(configured)
     from_stack = _stack_config_budget()
-    return float(from_stack if from_stack is not None else DEFAULT_BUDGET_USD_PER_HOUR)
+    return float(from_stack if from_stack is not None else project_defaults()[BUDGET_KEY])
 
 
 def validate_cost_budget(args: StackValidationArgs, report_violation: ReportViolation) -> None:

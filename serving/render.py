@@ -9,13 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-from pathlib import Path
 from typing import Any
 
-import yaml
 
 from serving.capacity import plan_capacity, render_capacity_table
 from serving.hardware import INSTANCE_TYPES
+from serving.project_files import project_defaults, project_name, stack_config
 from serving.runtime import (
     OPTIONS_FILE_NAME,
     RuntimeConfigError,
@@ -26,22 +25,17 @@ from serving.runtime import (
     render_serve_args,
 )
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
-PROJECT = "gpt-oss-trtllm"
 OPTIONS_MOUNT_PATH = f"/etc/trtllm/{OPTIONS_FILE_NAME}"
 
 
-def stack_serving_values(stack: str | None, project_dir: Path = PROJECT_DIR) -> dict[str, Any]:
+def stack_serving_values(stack: str | None) -> dict[str, Any]:
     """The serving keys for a stack: Pulumi.yaml defaults, then the stack file's values."""
-    project = yaml.safe_load((project_dir / "Pulumi.yaml").read_text())
-    values = {key: spec.get("default") for key, spec in project["config"].items()}
+    values = project_defaults()
     if stack:
-        stack_file = project_dir / f"Pulumi.{stack}.yaml"
-        if not stack_file.exists():
-            raise FileNotFoundError(f"no stack file {stack_file.name} in {project_dir}")
-        for key, value in (yaml.safe_load(stack_file.read_text()).get("config") or {}).items():
-            if key.startswith(f"{PROJECT}:"):
-                values[key.split(":", 1)[1]] = value
+        prefix = f"{project_name()}:"
+        for key, value in stack_config(stack).items():
+            if key.startswith(prefix):
+                values[key.removeprefix(prefix)] = value
     return values
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from components.settings import SettingsError, parse_settings, project_defaults
+from components.settings import SettingsError, parse_settings
+from serving.project_files import project_defaults
 
 TOKEN = frozenset({"hfAccessToken"})
 
