@@ -66,7 +66,7 @@ class InferenceServer(pulumi.ComponentResource):
 
         hf_token_secret = k8s.core.v1.Secret(
             "hf-token",
-            metadata=self._metadata(spec, spec.names.hf_token_secret),
+            metadata=workload.metadata(spec, spec.names.hf_token_secret),
             type="Opaque",
             string_data={workload.HF_TOKEN_SECRET_KEY: pulumi.Output.secret(args.hf_access_token)},
             opts=in_namespace,
@@ -80,7 +80,7 @@ class InferenceServer(pulumi.ComponentResource):
         key_map = api_key.result.apply(lambda key: gateway.render_api_key_map([key]))
         api_keys_secret = k8s.core.v1.Secret(
             "api-gateway-keys",
-            metadata=self._metadata(spec, spec.names.api_keys_secret, "gateway"),
+            metadata=workload.metadata(spec, spec.names.api_keys_secret, "gateway"),
             type="Opaque",
             string_data={gateway.GATEWAY_API_KEYS_SECRET_KEY: pulumi.Output.secret(key_map)},
             opts=in_namespace,
@@ -142,10 +142,6 @@ class InferenceServer(pulumi.ComponentResource):
             "namespace": self.namespace,
             "serviceName": self.service_name,
         })
-
-    @staticmethod
-    def _metadata(spec: workload.WorkloadSpec, name: str, component: str = "server") -> dict:
-        return {"name": name, "namespace": spec.names.namespace, "labels": workload.labels(spec, component)}
 
     def _keep_token_in_secrets_manager(self, name: str, args: InferenceServerArgs) -> None:
         """Optionally keep the token in Secrets Manager too, encrypted with the stack's KMS key."""

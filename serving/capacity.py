@@ -9,16 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from serving.bench import DEFAULT_INPUT_TOKENS, DEFAULT_OUTPUT_TOKENS
 from serving.hardware import GIB, KIB
 from serving.runtime import ServingRuntime
 
 # Memory TensorRT-LLM keeps besides weights and KV cache on each GPU (CUDA context, activations
 # for max_num_tokens, CUDA graphs, NCCL buffers). An estimate; the server logs the real figure.
 RUNTIME_RESERVE_BYTES_PER_GPU = 6 * GIB
-# The benchmark's shape (the template's scenario): ~4000 prompt tokens, and the output length the
-# benchmark command uses by default.
-BENCHMARK_INPUT_TOKENS = 4000
-BENCHMARK_OUTPUT_TOKENS = 1000
+# The benchmark's shape (the template's scenario): its default prompt and output lengths.
+BENCHMARK_INPUT_TOKENS = DEFAULT_INPUT_TOKENS
+BENCHMARK_OUTPUT_TOKENS = DEFAULT_OUTPUT_TOKENS
 BYTES_PER_KV_ELEMENT = 2  # bf16 KV cache (gpt-oss on Hopper)
 
 

@@ -21,8 +21,9 @@ import yaml
 from serving import trtllm_schema
 from serving.hardware import GPT_OSS_120B, H100_SXM, MODELS, GpuKind, ModelFacts
 
-# A 1.2.x release tag of NVIDIA's container; never `latest` (a preview must show what runs).
-DEFAULT_IMAGE = "nvcr.io/nvidia/tensorrt-llm/release:1.2.1"
+# NVIDIA's container of the release whose option names serving/trtllm_schema.py holds; a release
+# tag, never `latest` (a preview must show what runs).
+DEFAULT_IMAGE = trtllm_schema.CONTAINER_IMAGE
 DEFAULT_PORT = 8000
 # The GPUs one replica gets in the template ("on 2 H100s").
 DEFAULT_GPUS_PER_REPLICA = 2
@@ -51,7 +52,6 @@ TEMPLATE_OPTIONS: dict[str, Any] = {
 
 # The image must name a release tag or a digest: an unpinned image changes under a running stack.
 _PINNED_IMAGE = re.compile(r"^[^\s:@]+(?::[0-9][\w.-]*|@sha256:[0-9a-f]{64})$")
-_PINNED_TAG_PATTERN = re.compile(r"^[^\s:@]+(?::(?P<tag>[\w.-]+))?(?:@sha256:[0-9a-f]{64})?$")
 
 
 class RuntimeConfigError(ValueError):
@@ -339,14 +339,10 @@ def render_serve_args(runtime: ServingRuntime, options_path: str, *, host: str =
         "--max_num_tokens", str(runtime.max_num_tokens),
         "--max_seq_len", str(runtime.max_seq_len),
         # The CLI's own default is 0.9; state the configured fraction so flags and file agree.
-        "--kv_cache_free_gpu_memory_fraction", _format_number(runtime.kv_cache_free_gpu_memory_fraction),
+        "--kv_cache_free_gpu_memory_fraction", f"{runtime.kv_cache_free_gpu_memory_fraction:g}",
         "--extra_llm_api_options", options_path,
     ]
     return args
-
-
-def _format_number(value: float) -> str:
-    return f"{value:g}"
 
 
 @dataclass(frozen=True)

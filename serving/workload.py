@@ -102,7 +102,8 @@ def selector_labels(spec: WorkloadSpec) -> dict[str, str]:
     return {"app.kubernetes.io/name": APP_NAME, "app.kubernetes.io/instance": spec.names.deployment}
 
 
-def _metadata(spec: WorkloadSpec, name: str, component: str = "server") -> dict[str, Any]:
+def metadata(spec: WorkloadSpec, name: str, component: str = "server") -> dict[str, Any]:
+    """Name, namespace and recommended labels of one of the workload's objects."""
     return {"name": name, "namespace": spec.names.namespace, "labels": labels(spec, component)}
 
 
@@ -115,7 +116,7 @@ def replica_resources(instance: InstanceType, gpus_per_replica: int) -> tuple[in
 def options_config_map(spec: WorkloadSpec) -> dict[str, Any]:
     return {
         "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": _metadata(spec, spec.names.options_config_map),
+        "metadata": metadata(spec, spec.names.options_config_map),
         "data": {OPTIONS_FILE_NAME: render_options_yaml(spec.runtime)},
     }
 
@@ -123,7 +124,7 @@ def options_config_map(spec: WorkloadSpec) -> dict[str, Any]:
 def gateway_config_map(spec: WorkloadSpec) -> dict[str, Any]:
     return {
         "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": _metadata(spec, spec.names.gateway_config_map, "gateway"),
+        "metadata": metadata(spec, spec.names.gateway_config_map, "gateway"),
         "data": {gateway.GATEWAY_CONFIG_MAP_KEY: gateway.render_nginx_conf(spec.gateway)},
     }
 
@@ -261,7 +262,7 @@ def deployment(spec: WorkloadSpec, *, pod_annotations: dict[str, Any]) -> dict[s
     }
     return {
         "apiVersion": "apps/v1", "kind": "Deployment",
-        "metadata": _metadata(spec, spec.names.deployment),
+        "metadata": metadata(spec, spec.names.deployment),
         "spec": {
             "replicas": spec.replicas,
             "selector": {"matchLabels": selector_labels(spec)},
@@ -278,7 +279,7 @@ def disruption_budget(spec: WorkloadSpec) -> dict[str, Any]:
     # One replica at a time may be evicted (a node drain still completes with one replica).
     return {
         "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
-        "metadata": _metadata(spec, spec.names.disruption_budget),
+        "metadata": metadata(spec, spec.names.disruption_budget),
         "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(spec)}},
     }
 
@@ -288,11 +289,11 @@ def service(spec: WorkloadSpec) -> dict[str, Any]:
     annotations = {"service.beta.kubernetes.io/aws-load-balancer-type": "nlb"}
     if not spec.internet_facing:
         annotations["service.beta.kubernetes.io/aws-load-balancer-internal"] = "true"
-    metadata = _metadata(spec, spec.names.service, "gateway")
-    metadata["annotations"] = annotations
+    service_metadata = metadata(spec, spec.names.service, "gateway")
+    service_metadata["annotations"] = annotations
     return {
         "apiVersion": "v1", "kind": "Service",
-        "metadata": metadata,
+        "metadata": service_metadata,
         "spec": {
             "type": "LoadBalancer",
             # Local keeps the client address, so the source ranges apply to real clients.
