@@ -88,6 +88,10 @@ class PlanResult:
     # Every string that was a secret anywhere (inputs, state, outputs, secret config): what the
     # renderer must never print. Tests grep written files for these.
     secret_values: set[str]
+    # The configuration the program ran with, full keys, as the engine hands it over (strings),
+    # and which of those keys were secret.
+    config: dict[str, str] = field(default_factory=dict)
+    secret_config_keys: set[str] = field(default_factory=set)
 
     def of_type(self, type_token: str) -> list[PlannedResource]:
         return [r for r in self.resources if r.type == type_token]
@@ -319,4 +323,5 @@ def run_program(
         if len(leaf) >= MIN_SECRET_LENGTH and not any(leaf in text for text in public_leaves)
     }
     return PlanResult(stack=stack, resources=resources, outputs=outputs,
-                      secret_outputs=secret_outputs, secret_values=secret_values)
+                      secret_outputs=secret_outputs, secret_values=secret_values,
+                      config=values, secret_config_keys=secret_keys)

@@ -28,6 +28,7 @@ from pulumi_policy import Policy, PolicyResource
 
 from policy.engine import PolicyReport, policy_resource, run_policies
 from policy.rules import BUDGET_KEY, POLICIES
+from serving.project_files import project_name
 
 SECRET_MARK = "[secret]"
 
@@ -97,12 +98,12 @@ class StackRun:
 
 def run_stack(stack: str = "prod", overrides: Mapping[str, object] | None = None) -> StackRun:
     """Run the program for `stack` (settings overridden by `overrides`) under Pulumi mocks."""
-    from offline.program import assemble_config, run_program
+    from offline.program import run_program
 
-    project, values, secret_keys = assemble_config(stack, dict(overrides or {}), None)
     plan = run_program(stack, config=dict(overrides) if overrides else None)
-    budget = yaml.safe_load(values.get(f"{project}:{BUDGET_KEY}", "null"))
-    known_secrets = {values[key] for key in secret_keys if values.get(key)}
+    values = plan.config
+    budget = yaml.safe_load(values.get(f"{project_name()}:{BUDGET_KEY}", "null"))
+    known_secrets = {values[key] for key in plan.secret_config_keys if values.get(key)}
     return StackRun(stack, plan, budget, known_secrets)
 
 
