@@ -3,7 +3,7 @@
 Read top to bottom, this is the table of contents of the stack:
 
   1. settings      every config key parsed and validated before anything is registered
-  2. platform      VPC -> EKS -> system + GPU node groups -> NVIDIA device plugin -> k8s provider
+  2. platform      VPC -> EKS (add-ons, system nodes) -> GPU node group -> NVIDIA device plugin
                    (or, with `kubeconfig` set, an existing cluster that already has GPU nodes)
   3. workload      trtllm-serve replicas behind an API-key gateway and an internal NLB
   4. outputs       what app teams need to call the endpoint
@@ -14,20 +14,14 @@ from __future__ import annotations
 import pulumi
 import pulumi_aws as aws
 
-from components.cluster import ADDONS_NEEDING_NODES, NODE_PREREQUISITE_ADDONS, ClusterArgs, EksCluster
+from components.cluster import ClusterArgs, EksCluster
+from components.config import read_stack
 from components.device_plugin import DevicePluginArgs, NvidiaDevicePlugin, ami_needs_device_plugin
-from components.gpu_nodes import (
-    GpuNodeGroup,
-    GpuNodeGroupArgs,
-    NodeRole,
-    NodeRoleArgs,
-    SystemNodeGroup,
-    SystemNodeGroupArgs,
-)
+from components.gpu_nodes import GpuNodeGroup, GpuNodeGroupArgs
 from components.inference_server import InferenceServer, InferenceServerArgs
 from components.network import Network, NetworkArgs, choose_zones
 from components.platform import KubernetesPlatform, existing_cluster_platform, kubernetes_provider
-from components.settings import PROJECT, SettingsError, StackSettings, load_settings
+from serving.config.settings import PROJECT, SettingsError, StackSettings
 
 
 def availability_zones(settings: StackSettings) -> list[str]:
@@ -35,8 +29,7 @@ def availability_zones(settings: StackSettings) -> list[str]:
     available = aws.get_availability_zones(
         state="available",
         # Local and Wavelength zones are opt-in and have no p5 capacity.
-        filters=[aws.GetAvailabilityZonesFilterArgs(
-            name="opt-in-status", values=["opt-in-not-required"])],
+        filters=[aws.GetAvailabilityZonesFilterArgs(name="opt-in-status", values=["opt-in-not-required"])],
     ).names
     try:
         return choose_zones(
@@ -45,8 +38,11 @@ def availability_zones(settings: StackSettings) -> list[str]:
             settings.gpu_nodes.capacity_reservation_zone,
         )
     except ValueError as error:
-        key = ("capacityReservationZone" if settings.gpu_nodes.capacity_reservation_zone
-               else "availabilityZoneCount")
+        key = (
+            "capacityReservationZone"
+            if settings.gpu_nodes.capacity_reservation_zone
+            else "availabilityZoneCount"
+        )
         raise SettingsError([f"{PROJECT}:{key}: {error}"]) from None
 
 
@@ -56,60 +52,59 @@ def create_aws_platform(settings: StackSettings) -> tuple[KubernetesPlatform, di
     tags = {"gpt-oss/stack": pulumi.get_stack(), "gpt-oss/cluster": name}
     zones = availability_zones(settings)
 
-    network = Network("network", NetworkArgs(
-        cidr=settings.network.vpc_cidr, zones=zones, cluster_name=name, tags=tags))
+    network = Network(
+        "network", NetworkArgs(cidr=settings.network.vpc_cidr, zones=zones, cluster_name=name, tags=tags)
+    )
 
-    cluster = EksCluster("cluster", ClusterArgs(
-        name=name,
-        kubernetes_version=settings.cluster.kubernetes_version,
-        region=settings.region or "",
-        subnet_ids=[*network.private_subnet_ids, *network.public_subnet_ids],
-        admin_role_arns=settings.cluster.admin_role_arns,
-        api_public_access_cidrs=settings.cluster.api_public_access_cidrs,
-        tags=tags,
-    ))
-    networking_addons = cluster.install_addons(NODE_PREREQUISITE_ADDONS)
-
-    node_role = NodeRole("node-role", NodeRoleArgs(cluster_name=name, tags=tags))
-    system_nodes = SystemNodeGroup("system-nodes", SystemNodeGroupArgs(
-        cluster_name=cluster.name,
-        kubernetes_version=cluster.version,
-        node_role=node_role,
-        subnet_ids=network.private_subnet_ids,
-        nodes=settings.system_nodes,
-        tags=tags,
-        depends_on=networking_addons,
-    ))
-    cluster.install_addons(ADDONS_NEEDING_NODES, depends_on=[system_nodes])
+    # Control plane, networking add-ons, node role, system nodes and CoreDNS (like pulumi-eks).
+    cluster = EksCluster(
+        "cluster",
+        ClusterArgs(
+            name=name,
+            kubernetes_version=settings.cluster.kubernetes_version,
+            region=settings.region or "",
+            subnet_ids=[*network.private_subnet_ids, *network.public_subnet_ids],
+            node_subnet_ids=network.private_subnet_ids,
+            system_nodes=settings.system_nodes,
+            admin_role_arns=settings.cluster.admin_role_arns,
+            api_public_access_cidrs=settings.cluster.api_public_access_cidrs,
+            tags=tags,
+        ),
+    )
 
     reservation_zone = settings.gpu_nodes.capacity_reservation_zone
-    gpu_nodes = GpuNodeGroup("gpu-nodes", GpuNodeGroupArgs(
-        cluster_name=cluster.name,
-        kubernetes_version=cluster.version,
-        node_role=node_role,
-        # A Capacity Block exists in one zone only: place the nodes there.
-        subnet_ids=([network.private_subnet_ids_by_zone[reservation_zone]] if reservation_zone
-                    else network.private_subnet_ids),
-        nodes=settings.gpu_nodes,
-        tags=tags,
-        depends_on=networking_addons,
-    ))
+    gpu_nodes = GpuNodeGroup(
+        "gpu-nodes",
+        GpuNodeGroupArgs(
+            cluster=cluster,
+            # A Capacity Block exists in one zone only: place the nodes there.
+            subnet_ids=(
+                [network.private_subnet_ids_by_zone[reservation_zone]]
+                if reservation_zone
+                else network.private_subnet_ids
+            ),
+            nodes=settings.gpu_nodes,
+            tags=tags,
+        ),
+    )
 
     provider = kubernetes_provider("eks", cluster.kubeconfig, depends_on=[cluster])
-    workload_dependencies: list[pulumi.Resource] = [gpu_nodes]
+    gpu_capacity: list[pulumi.Resource] = [gpu_nodes]
     if ami_needs_device_plugin(settings.gpu_nodes.ami_type):
-        workload_dependencies.append(NvidiaDevicePlugin("nvidia-device-plugin", DevicePluginArgs(
-            provider=provider,
-            gpu_node_selector=settings.gpu_nodes.labels,
-            depends_on=[gpu_nodes],
-        )))
+        gpu_capacity.append(
+            NvidiaDevicePlugin(
+                "nvidia-device-plugin",
+                DevicePluginArgs(gpu_node_selector=settings.gpu_nodes.labels),
+                opts=pulumi.ResourceOptions(providers=[provider], depends_on=[gpu_nodes]),
+            )
+        )
 
     platform = KubernetesPlatform(
         provider=provider,
         cluster_name=cluster.name,
         kms_key_arn=cluster.kms_key_arn,
         vpc_cidr=settings.network.vpc_cidr,
-        workload_dependencies=workload_dependencies,
+        gpu_capacity=gpu_capacity,
     )
     outputs = {
         "kubeconfig": cluster.kubeconfig,
@@ -123,7 +118,7 @@ def create_aws_platform(settings: StackSettings) -> tuple[KubernetesPlatform, di
 
 
 def main() -> None:
-    settings, secrets = load_settings()
+    settings, secrets = read_stack()
 
     if settings.existing_cluster:
         assert secrets.kubeconfig is not None
@@ -132,12 +127,16 @@ def main() -> None:
     else:
         platform, platform_outputs = create_aws_platform(settings)
 
-    server = InferenceServer("gpt-oss", InferenceServerArgs(
-        serving=settings.serving,
-        endpoint=settings.endpoint,
-        platform=platform,
-        hf_access_token=secrets.hf_access_token,
-    ))
+    server = InferenceServer(
+        "gpt-oss",
+        InferenceServerArgs(
+            serving=settings.serving,
+            endpoint=settings.endpoint,
+            hf_access_token=secrets.hf_access_token,
+            kms_key_arn=platform.kms_key_arn,
+        ),
+        opts=pulumi.ResourceOptions(providers=[platform.provider], depends_on=platform.gpu_capacity),
+    )
 
     # What app teams need: where to send requests, with which model name and key.
     pulumi.export("endpoint", server.endpoint)

@@ -10,7 +10,7 @@ one event per HTTP chunk, a usage chunk, `[DONE]`) and stamps every event with i
 in its own process, so client and server share the machine's 2 cores as they would not in
 production (there the server is on the GPU node).
 
-The client is `serving.bench.run_requests`, the code path of `python -m serving bench`
+The client is `serving.client.bench.run_requests`, the code path of `python -m serving bench`
 (thread pool, one `requests.Session` per thread, SSE parsing, perf_counter stamps). Phases:
 1. paced: 64 concurrent streams, each paced at `--rate` tokens/s (64 x 400 = 25,600 tokens/s
    offered); reports tokens/s achieved, and the delivery lag (client stamp minus server send
@@ -37,9 +37,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from serving.bench import RunConfig, run_requests  # noqa: E402
-from serving.bench_metrics import percentile  # noqa: E402
-from serving.openai_stream import Endpoint, StreamResult, Timeouts, consume_stream  # noqa: E402
+from serving.client.bench import RunConfig, run_requests
+from serving.client.metrics import percentile
+from serving.client.stream import Endpoint, StreamResult, Timeouts, consume_stream
 
 MODEL = "fast-sse"
 # A realistic event: TensorRT-LLM's chat chunks are about this size.
@@ -70,7 +70,11 @@ async def _stream(writer: asyncio.StreamWriter, max_tokens: int, rate: float, pr
     started = time.perf_counter()
     sent = 0
     while sent < max_tokens:
-        due = max_tokens if rate <= 0 else min(max_tokens, math.floor((time.perf_counter() - started) * rate) + 1)
+        due = (
+            max_tokens
+            if rate <= 0
+            else min(max_tokens, math.floor((time.perf_counter() - started) * rate) + 1)
+        )
         batch = []
         while sent < due and len(batch) < 64:
             event = EVENT_TEMPLATE.format(model=MODEL, index=sent, stamp=time.perf_counter())
@@ -85,12 +89,14 @@ async def _stream(writer: asyncio.StreamWriter, max_tokens: int, rate: float, pr
             await asyncio.sleep(0)
     total = prompt_tokens + max_tokens
     usage = {"prompt_tokens": prompt_tokens, "completion_tokens": max_tokens, "total_tokens": total}
-    tail = 'data: {"choices":[],"usage":%s}\n\ndata: [DONE]\n\n' % json.dumps(usage)
+    tail = f'data: {{"choices":[],"usage":{json.dumps(usage)}}}\n\ndata: [DONE]\n\n'
     writer.write(_http_chunk(tail.encode()) + b"0\r\n\r\n")
     await writer.drain()
 
 
-async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, rate: float, stats: dict) -> None:
+async def _handle(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, rate: float, stats: dict
+) -> None:
     try:
         while True:
             head = await reader.readuntil(b"\r\n\r\n")
@@ -165,7 +171,9 @@ class FastServer:
     def __init__(self, rate: float) -> None:
         self.process = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "--serve", "--rate", str(rate)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         assert self.process.stdout is not None and self.process.stdin is not None
         self.port = int(self.process.stdout.readline())
@@ -227,8 +235,10 @@ def run_phase(name: str, rate: float, streams: int, requests_count: int, tokens_
 
 def parse_cost_us(events: int = 100_000) -> float:
     """Microseconds per event for SSE data -> chunk -> timestamps, in memory."""
-    data = [EVENT_TEMPLATE.format(model=MODEL, index=i, stamp=0.0)[len("data: "):].strip() for i in range(events)]
-    data.append('{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":%d}}' % events)
+    data = [
+        EVENT_TEMPLATE.format(model=MODEL, index=i, stamp=0.0)[len("data: ") :].strip() for i in range(events)
+    ]
+    data.append(f'{{"choices":[],"usage":{{"prompt_tokens":1,"completion_tokens":{events}}}}}')
     result = StreamResult(start=time.perf_counter())
     started = time.perf_counter()
     consume_stream(data, result, deadline=float("inf"))
@@ -238,9 +248,13 @@ def parse_cost_us(events: int = 100_000) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--rate", type=float, default=400.0, help="tokens/s per stream, paced phase (default 400)")
+    parser.add_argument(
+        "--rate", type=float, default=400.0, help="tokens/s per stream, paced phase (default 400)"
+    )
     parser.add_argument("--streams", type=int, default=64, help="concurrent streams (default 64)")
     parser.add_argument("--tokens", type=int, default=2000, help="tokens per request (default 2000)")
     parser.add_argument("--rounds", type=int, default=2, help="requests per stream slot (default 2)")
@@ -253,10 +267,17 @@ def main() -> int:
     if args.quick:
         args.rounds, args.tokens = 1, 800
     requests_count = args.streams * args.rounds
-    print(f"client overhead: {args.streams} streams, {requests_count} requests x {args.tokens} tokens, "
-          f"one token per SSE event")
-    paced = run_phase(f"paced at {args.rate:g} tokens/s per stream ({args.rate * args.streams:,.0f} offered)",
-                      args.rate, args.streams, requests_count, args.tokens)
+    print(
+        f"client overhead: {args.streams} streams, {requests_count} requests x {args.tokens} tokens, "
+        f"one token per SSE event"
+    )
+    paced = run_phase(
+        f"paced at {args.rate:g} tokens/s per stream ({args.rate * args.streams:,.0f} offered)",
+        args.rate,
+        args.streams,
+        requests_count,
+        args.tokens,
+    )
     print(paced.line())
     # Longer requests, so that unpaced streams overlap instead of finishing one after another.
     unpaced = run_phase("unpaced", 0.0, args.streams, args.streams, args.tokens * 5)
@@ -265,8 +286,10 @@ def main() -> int:
     held = paced.streams_failed == 0 and paced.peak_open_streams == args.streams
     fast_enough = paced.tokens_per_s >= args.min_tokens_per_s
     verdict = "PASS" if held and fast_enough else "FAIL"
-    print(f"{verdict}: {args.streams} streams held: {held}; paced phase {paced.tokens_per_s:,.0f} tokens/s "
-          f"(needs {args.min_tokens_per_s:,.0f})")
+    print(
+        f"{verdict}: {args.streams} streams held: {held}; paced phase {paced.tokens_per_s:,.0f} tokens/s "
+        f"(needs {args.min_tokens_per_s:,.0f})"
+    )
     return 0 if verdict == "PASS" else 1
 
 

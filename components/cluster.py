@@ -1,16 +1,23 @@
-"""The EKS control plane: IAM-only access (access entries), KMS-encrypted secrets, audit logs.
+"""The EKS cluster: control plane, its managed add-ons, the node role and the system nodes.
 
-Written with pulumi-aws resources rather than pulumi-eks so that every resource is visible to
-`make plan` and the policy pack (multi-language components are opaque under mocks).
+Like pulumi-eks's `Cluster`, one component owns what every cluster needs before a workload can
+run: IAM-only access (access entries), KMS-encrypted secrets, audit logs, the networking add-ons,
+the IAM role nodes run as, and a small system node group for CoreDNS. GPU node groups are added
+beside it (`GpuNodeGroup` takes the cluster). Written with pulumi-aws resources rather than
+pulumi-eks so that every resource is visible to `make plan` and the policy pack (multi-language
+components are opaque under mocks).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_aws as aws
+
+from serving.config.settings import SystemNodeSettings
 
 # Control-plane logs to CloudWatch: who called the API (audit), what it served (api) and how
 # callers authenticated (authenticator). Scheduler and controller-manager logs are left off:
@@ -30,41 +37,201 @@ class ClusterArgs:
     name: str
     kubernetes_version: str
     region: str
-    subnet_ids: list[pulumi.Input[str]]
+    # Where the control plane's network interfaces and load balancers may go (every subnet).
+    subnet_ids: Sequence[pulumi.Input[str]]
+    # Where the system nodes run (the private subnets).
+    node_subnet_ids: Sequence[pulumi.Input[str]]
+    system_nodes: SystemNodeSettings
     admin_role_arns: tuple[str, ...] = ()
     api_public_access_cidrs: tuple[str, ...] = ()
     tags: dict[str, str] = field(default_factory=dict)
 
 
+# Managed policies a node needs and nothing more: join the cluster, let the VPC CNI manage pod
+# IPs, pull images from ECR (the EKS add-on images). No SSM: `kubectl debug node/<name>` gives a
+# shell on a node without an extra agent and IAM permission on every GPU node.
+NODE_MANAGED_POLICIES = (
+    "AmazonEKSWorkerNodePolicy",
+    "AmazonEKS_CNI_Policy",
+    "AmazonEC2ContainerRegistryReadOnly",
+)
+
+
 def _assume_role_policy(service: str) -> str:
-    return json.dumps({
-        "Version": "2012-10-17",
-        "Statement": [{
-            "Effect": "Allow",
-            "Principal": {"Service": service},
-            "Action": ["sts:AssumeRole", "sts:TagSession"] if service == "eks.amazonaws.com"
-            else ["sts:AssumeRole"],
-        }],
-    })
+    return json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                {
+                    "Effect": "Allow",
+                    "Principal": {"Service": service},
+                    "Action": ["sts:AssumeRole", "sts:TagSession"]
+                    if service == "eks.amazonaws.com"
+                    else ["sts:AssumeRole"],
+                }
+            ],
+        }
+    )
 
 
 def kubeconfig_for(cluster_name: str, endpoint: str, certificate_authority: str, region: str) -> str:
     """A kubeconfig that authenticates with `aws eks get-token` (the caller's AWS identity)."""
-    return json.dumps({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": cluster_name, "cluster": {
-            "server": endpoint, "certificate-authority-data": certificate_authority}}],
-        "contexts": [{"name": cluster_name, "context": {"cluster": cluster_name, "user": cluster_name}}],
-        "current-context": cluster_name,
-        "users": [{"name": cluster_name, "user": {"exec": {
-            "apiVersion": "client.authentication.k8s.io/v1beta1",
-            "command": "aws",
-            "args": ["eks", "get-token", "--cluster-name", cluster_name, "--region", region,
-                     "--output", "json"],
-            "interactiveMode": "Never",
-        }}}],
-    }, indent=2)
+    return json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": cluster_name,
+                    "cluster": {"server": endpoint, "certificate-authority-data": certificate_authority},
+                }
+            ],
+            "contexts": [{"name": cluster_name, "context": {"cluster": cluster_name, "user": cluster_name}}],
+            "current-context": cluster_name,
+            "users": [
+                {
+                    "name": cluster_name,
+                    "user": {
+                        "exec": {
+                            "apiVersion": "client.authentication.k8s.io/v1beta1",
+                            "command": "aws",
+                            "args": [
+                                "eks",
+                                "get-token",
+                                "--cluster-name",
+                                cluster_name,
+                                "--region",
+                                region,
+                                "--output",
+                                "json",
+                            ],
+                            "interactiveMode": "Never",
+                        }
+                    },
+                }
+            ],
+        },
+        indent=2,
+    )
+
+
+@dataclass(frozen=True)
+class NodeRoleArgs:
+    cluster_name: str
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+class NodeRole(pulumi.ComponentResource):
+    """The IAM role both node groups' instances run as."""
+
+    arn: pulumi.Output[str]
+    attachments: list[aws.iam.RolePolicyAttachment]
+
+    def __init__(self, name: str, args: NodeRoleArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("gpt-oss:aws:NodeRole", name, None, opts)
+        partition = aws.get_partition().partition
+        role = aws.iam.Role(
+            f"{name}-role",
+            assume_role_policy=json.dumps(
+                {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Effect": "Allow",
+                            "Principal": {"Service": "ec2.amazonaws.com"},
+                            "Action": "sts:AssumeRole",
+                        }
+                    ],
+                }
+            ),
+            description=f"Worker nodes of EKS cluster {args.cluster_name}",
+            tags=args.tags,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.attachments = [
+            aws.iam.RolePolicyAttachment(
+                f"{name}-{policy}",
+                role=role.name,
+                policy_arn=f"arn:{partition}:iam::aws:policy/{policy}",
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+            for policy in NODE_MANAGED_POLICIES
+        ]
+        self.arn = role.arn
+        self.register_outputs({"arn": self.arn})
+
+
+@dataclass(frozen=True)
+class SystemNodeGroupArgs:
+    cluster_name: pulumi.Input[str]
+    kubernetes_version: pulumi.Input[str]
+    node_role: NodeRole
+    subnet_ids: Sequence[pulumi.Input[str]]
+    nodes: SystemNodeSettings
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+class SystemNodeGroup(pulumi.ComponentResource):
+    """Small on-demand nodes for CoreDNS and other add-ons, which do not tolerate the GPU taint."""
+
+    node_group: aws.eks.NodeGroup
+
+    def __init__(self, name: str, args: SystemNodeGroupArgs, opts: pulumi.ResourceOptions | None = None):
+        super().__init__("gpt-oss:aws:SystemNodeGroup", name, None, opts)
+        launch_template = aws.ec2.LaunchTemplate(
+            f"{name}-launch-template",
+            description="System nodes: IMDSv2, encrypted gp3 root",
+            update_default_version=True,
+            metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(
+                http_endpoint="enabled",
+                http_tokens="required",
+                # 2: add-ons such as the AWS Load Balancer Controller read the region and VPC
+                # from instance metadata from inside a pod network namespace (one extra hop).
+                http_put_response_hop_limit=2,
+            ),
+            block_device_mappings=[
+                aws.ec2.LaunchTemplateBlockDeviceMappingArgs(
+                    device_name="/dev/xvda",
+                    ebs=aws.ec2.LaunchTemplateBlockDeviceMappingEbsArgs(
+                        volume_size=50,
+                        volume_type="gp3",
+                        encrypted="true",
+                        delete_on_termination="true",
+                    ),
+                )
+            ],
+            tags=args.tags,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.node_group = aws.eks.NodeGroup(
+            f"{name}-node-group",
+            cluster_name=args.cluster_name,
+            node_group_name=pulumi.Output.from_input(args.cluster_name).apply(lambda c: f"{c}-system"),
+            version=args.kubernetes_version,
+            node_role_arn=args.node_role.arn,
+            subnet_ids=args.subnet_ids,
+            ami_type="AL2023_x86_64_STANDARD",
+            capacity_type="ON_DEMAND",
+            instance_types=[args.nodes.instance_type],
+            scaling_config=aws.eks.NodeGroupScalingConfigArgs(
+                desired_size=args.nodes.node_count,
+                min_size=args.nodes.node_count,
+                max_size=args.nodes.node_count,
+            ),
+            update_config=aws.eks.NodeGroupUpdateConfigArgs(max_unavailable=1),
+            labels={"gpt-oss/node-role": "system"},
+            launch_template=aws.eks.NodeGroupLaunchTemplateArgs(
+                id=launch_template.id,
+                version=launch_template.latest_version.apply(str),
+            ),
+            tags=args.tags,
+            # The component's own depends_on (the networking add-ons) holds for the node group:
+            # Pulumi does not pass a parent's dependencies on to its children.
+            opts=pulumi.ResourceOptions(
+                parent=self, depends_on=[*args.node_role.attachments, *resources_in(opts)]
+            ),
+        )
+        self.register_outputs({"nodeGroupName": self.node_group.node_group_name})
 
 
 class EksCluster(pulumi.ComponentResource):
@@ -74,6 +241,9 @@ class EksCluster(pulumi.ComponentResource):
     kms_key_arn: pulumi.Output[str]
     kubeconfig: pulumi.Output[str]  # secret
     cluster_security_group_id: pulumi.Output[str]
+    node_role: NodeRole
+    # What a node group must wait for: nodes become Ready only once these add-ons run.
+    node_prerequisites: list[pulumi.Resource]
     partition: str
 
     def __init__(self, name: str, args: ClusterArgs, opts: pulumi.ResourceOptions | None = None):
@@ -106,7 +276,9 @@ class EksCluster(pulumi.ComponentResource):
             opts=child,
         )
         aws.kms.Alias(
-            f"{name}-secrets-key", name=f"alias/{args.name}-eks-secrets", target_key_id=key.key_id,
+            f"{name}-secrets-key",
+            name=f"alias/{args.name}-eks-secrets",
+            target_key_id=key.key_id,
             opts=child,
         )
 
@@ -172,16 +344,45 @@ class EksCluster(pulumi.ComponentResource):
                 self.cluster.name, self.cluster.endpoint, self.cluster.certificate_authority.data
             ).apply(lambda parts: kubeconfig_for(parts[0], parts[1], parts[2], args.region))
         )
-        self._args = args
-        self.register_outputs({
-            "name": self.name,
-            "endpoint": self.cluster.endpoint,
-            "kmsKeyArn": self.kms_key_arn,
-            "kubeconfig": self.kubeconfig,
-        })
 
-    def install_addons(
-        self, addon_names: tuple[str, ...], *, depends_on: list[pulumi.Resource] | None = None
+        self.node_prerequisites = list(self._addons(name, NODE_PREREQUISITE_ADDONS, args, depends_on=[]))
+        # Named from this component since it owns them; the aliases keep the URNs they had as
+        # top-level components, so existing stacks replace nothing.
+        self.node_role = NodeRole(
+            f"{name}-node-role",
+            NodeRoleArgs(cluster_name=args.name, tags=args.tags),
+            opts=pulumi.ResourceOptions(parent=self, aliases=[pulumi.Alias(name="node-role", parent=None)]),
+        )
+        system_nodes = SystemNodeGroup(
+            f"{name}-system-nodes",
+            SystemNodeGroupArgs(
+                cluster_name=self.name,
+                kubernetes_version=self.version,
+                node_role=self.node_role,
+                subnet_ids=args.node_subnet_ids,
+                nodes=args.system_nodes,
+                tags=args.tags,
+            ),
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=self.node_prerequisites,
+                aliases=[pulumi.Alias(name="system-nodes", parent=None)],
+            ),
+        )
+        self._addons(name, ADDONS_NEEDING_NODES, args, depends_on=[system_nodes])
+
+        self.register_outputs(
+            {
+                "name": self.name,
+                "endpoint": self.cluster.endpoint,
+                "kmsKeyArn": self.kms_key_arn,
+                "kubeconfig": self.kubeconfig,
+                "nodeRoleArn": self.node_role.arn,
+            }
+        )
+
+    def _addons(
+        self, name: str, addon_names: tuple[str, ...], args: ClusterArgs, depends_on: list[pulumi.Resource]
     ) -> list[aws.eks.Addon]:
         """EKS managed add-ons, each at the default version AWS publishes for this Kubernetes
         version. The version is looked up rather than pinned so that raising kubernetesVersion
@@ -190,18 +391,33 @@ class EksCluster(pulumi.ComponentResource):
         addons = []
         for addon_name in addon_names:
             version = aws.eks.get_addon_version_output(
-                addon_name=addon_name, kubernetes_version=self.version,
-            ).version
-            addons.append(aws.eks.Addon(
-                f"{self.pulumi_resource_name}-{addon_name}",
-                cluster_name=self.cluster.name,
                 addon_name=addon_name,
-                addon_version=version,
-                # The cluster starts without self-managed copies, so nothing is overwritten
-                # on create; on update EKS's published configuration wins over hand edits.
-                resolve_conflicts_on_create="OVERWRITE",
-                resolve_conflicts_on_update="OVERWRITE",
-                tags=self._args.tags,
-                opts=pulumi.ResourceOptions(parent=self, depends_on=depends_on or []),
-            ))
+                kubernetes_version=self.version,
+            ).version
+            addons.append(
+                aws.eks.Addon(
+                    f"{name}-{addon_name}",
+                    cluster_name=self.cluster.name,
+                    addon_name=addon_name,
+                    addon_version=version,
+                    # The cluster starts without self-managed copies, so nothing is overwritten
+                    # on create; on update EKS's published configuration wins over hand edits.
+                    resolve_conflicts_on_create="OVERWRITE",
+                    resolve_conflicts_on_update="OVERWRITE",
+                    tags=args.tags,
+                    opts=pulumi.ResourceOptions(parent=self, depends_on=depends_on),
+                )
+            )
         return addons
+
+
+def resources_in(opts: pulumi.ResourceOptions | None) -> list[pulumi.Resource]:
+    """The resources a component's `depends_on` names, to hand on to the children that wait."""
+    depends_on = opts.depends_on if opts is not None else None
+    if depends_on is None:
+        return []
+    if isinstance(depends_on, pulumi.Resource):
+        return [depends_on]
+    if isinstance(depends_on, Sequence):
+        return [r for r in depends_on if isinstance(r, pulumi.Resource)]
+    raise TypeError("depends_on must list resources")

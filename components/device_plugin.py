@@ -7,11 +7,12 @@ advertises `nvidia.com/gpu` and every GPU pod stays Pending. Written as plain Ku
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pulumi
 import pulumi_kubernetes as k8s
 
+from components.cluster import resources_in
 from components.gpu_nodes import GPU_TAINT_KEY
 
 # Pinned: a new plugin release is a change to review, not something a redeploy picks up.
@@ -23,11 +24,9 @@ DEVICE_PLUGIN_SOCKET_DIR = "/var/lib/kubelet/device-plugins"
 
 @dataclass(frozen=True)
 class DevicePluginArgs:
-    provider: k8s.Provider
     # Labels the GPU nodes carry (gpuNodeSelector): the plugin runs there and nowhere else.
     gpu_node_selector: dict[str, str]
     namespace: str = "kube-system"
-    depends_on: list[pulumi.Resource] = field(default_factory=list)
 
 
 class NvidiaDevicePlugin(pulumi.ComponentResource):
@@ -35,50 +34,68 @@ class NvidiaDevicePlugin(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: DevicePluginArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("gpt-oss:kubernetes:NvidiaDevicePlugin", name, None, opts)
-        labels = {"app.kubernetes.io/name": "nvidia-device-plugin",
-                  "app.kubernetes.io/version": DEVICE_PLUGIN_VERSION}
+        labels = {
+            "app.kubernetes.io/name": "nvidia-device-plugin",
+            "app.kubernetes.io/version": DEVICE_PLUGIN_VERSION,
+        }
         self.daemon_set = k8s.apps.v1.DaemonSet(
             f"{name}-daemonset",
             metadata=k8s.meta.v1.ObjectMetaArgs(
-                name="nvidia-device-plugin", namespace=args.namespace, labels=labels,
+                name="nvidia-device-plugin",
+                namespace=args.namespace,
+                labels=labels,
             ),
             spec=k8s.apps.v1.DaemonSetSpecArgs(
                 selector=k8s.meta.v1.LabelSelectorArgs(
-                    match_labels={"app.kubernetes.io/name": "nvidia-device-plugin"}),
+                    match_labels={"app.kubernetes.io/name": "nvidia-device-plugin"}
+                ),
                 update_strategy=k8s.apps.v1.DaemonSetUpdateStrategyArgs(type="RollingUpdate"),
                 template=k8s.core.v1.PodTemplateSpecArgs(
                     metadata=k8s.meta.v1.ObjectMetaArgs(labels=labels),
                     spec=k8s.core.v1.PodSpecArgs(
                         node_selector=dict(args.gpu_node_selector),
-                        tolerations=[k8s.core.v1.TolerationArgs(
-                            key=GPU_TAINT_KEY, operator="Exists", effect="NoSchedule")],
+                        tolerations=[
+                            k8s.core.v1.TolerationArgs(
+                                key=GPU_TAINT_KEY, operator="Exists", effect="NoSchedule"
+                            )
+                        ],
                         # Evicting the plugin would take every GPU off the node's capacity.
                         priority_class_name="system-node-critical",
-                        containers=[k8s.core.v1.ContainerArgs(
-                            name="nvidia-device-plugin",
-                            image=DEVICE_PLUGIN_IMAGE,
-                            env=[k8s.core.v1.EnvVarArgs(name="FAIL_ON_INIT_ERROR", value="false")],
-                            resources=k8s.core.v1.ResourceRequirementsArgs(
-                                requests={"cpu": "50m", "memory": "64Mi"},
-                                limits={"memory": "256Mi"},
-                            ),
-                            security_context=k8s.core.v1.SecurityContextArgs(
-                                allow_privilege_escalation=False,
-                                capabilities=k8s.core.v1.CapabilitiesArgs(drop=["ALL"]),
-                            ),
-                            volume_mounts=[k8s.core.v1.VolumeMountArgs(
-                                name="device-plugins", mount_path=DEVICE_PLUGIN_SOCKET_DIR)],
-                        )],
-                        volumes=[k8s.core.v1.VolumeArgs(
-                            name="device-plugins",
-                            host_path=k8s.core.v1.HostPathVolumeSourceArgs(
-                                path=DEVICE_PLUGIN_SOCKET_DIR, type="Directory"),
-                        )],
+                        containers=[
+                            k8s.core.v1.ContainerArgs(
+                                name="nvidia-device-plugin",
+                                image=DEVICE_PLUGIN_IMAGE,
+                                env=[k8s.core.v1.EnvVarArgs(name="FAIL_ON_INIT_ERROR", value="false")],
+                                resources=k8s.core.v1.ResourceRequirementsArgs(
+                                    requests={"cpu": "50m", "memory": "64Mi"},
+                                    limits={"memory": "256Mi"},
+                                ),
+                                security_context=k8s.core.v1.SecurityContextArgs(
+                                    allow_privilege_escalation=False,
+                                    capabilities=k8s.core.v1.CapabilitiesArgs(drop=["ALL"]),
+                                ),
+                                volume_mounts=[
+                                    k8s.core.v1.VolumeMountArgs(
+                                        name="device-plugins", mount_path=DEVICE_PLUGIN_SOCKET_DIR
+                                    )
+                                ],
+                            )
+                        ],
+                        volumes=[
+                            k8s.core.v1.VolumeArgs(
+                                name="device-plugins",
+                                host_path=k8s.core.v1.HostPathVolumeSourceArgs(
+                                    path=DEVICE_PLUGIN_SOCKET_DIR, type="Directory"
+                                ),
+                            )
+                        ],
                     ),
                 ),
             ),
-            opts=pulumi.ResourceOptions(
-                parent=self, provider=args.provider, depends_on=args.depends_on),
+            # The Kubernetes provider comes from this component's `providers` option; its
+            # depends_on (the GPU node group) holds for the DaemonSet, which Pulumi does not do
+            # for a parent's children by itself.
+            opts=pulumi.ResourceOptions(parent=self, depends_on=resources_in(opts)),
         )
         self.register_outputs({"image": DEVICE_PLUGIN_IMAGE})
 

@@ -1,4 +1,4 @@
-"""Worker nodes: the p5 GPU node group that runs the model and a small system node group.
+"""GPU nodes: the p5 node group that runs the model, added to an `EksCluster`.
 
 GPU nodes: EKS managed node group on the NVIDIA AMI, tainted so only GPU pods land there, with a
 launch template that requires IMDSv2, sizes and encrypts the root volume and turns the eight local
@@ -9,27 +9,20 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_aws as aws
 
-from components.settings import GpuNodeSettings, SystemNodeSettings
+from components.cluster import EksCluster
+from serving.config.settings import GpuNodeSettings
 
 GPU_TAINT_KEY = "nvidia.com/gpu"
 # AL2023: nodeadm's RAID0 strategy assembles every instance-store NVMe drive into one array and
 # mounts it at /mnt/k8s-disks/0 (the workload's weights cache, `weightsHostPath`, lives there).
 AL2023_RAID_MOUNT = "/mnt/k8s-disks/0"
 MIME_BOUNDARY = "==GPT-OSS-NODECONFIG=="
-
-# Managed policies a node needs and nothing more: join the cluster, let the VPC CNI manage pod
-# IPs, pull images from ECR (the EKS add-on images). No SSM: `kubectl debug node/<name>` gives a
-# shell on a node without an extra agent and IAM permission on every GPU node.
-NODE_MANAGED_POLICIES = (
-    "AmazonEKSWorkerNodePolicy",
-    "AmazonEKS_CNI_Policy",
-    "AmazonEC2ContainerRegistryReadOnly",
-)
 
 
 def al2023_user_data() -> str:
@@ -38,27 +31,31 @@ def al2023_user_data() -> str:
     EKS merges its own NodeConfig (cluster endpoint, CA, CIDR) with this one, so only the
     instance options appear here.
     """
-    node_config = "\n".join([
-        "---",
-        "apiVersion: node.eks.aws/v1alpha1",
-        "kind: NodeConfig",
-        "spec:",
-        "  instance:",
-        "    localStorage:",
-        "      strategy: RAID0",
-    ])
-    return "\n".join([
-        "MIME-Version: 1.0",
-        f'Content-Type: multipart/mixed; boundary="{MIME_BOUNDARY}"',
-        "",
-        f"--{MIME_BOUNDARY}",
-        "Content-Type: application/node.eks.aws",
-        "",
-        node_config,
-        "",
-        f"--{MIME_BOUNDARY}--",
-        "",
-    ])
+    node_config = "\n".join(
+        [
+            "---",
+            "apiVersion: node.eks.aws/v1alpha1",
+            "kind: NodeConfig",
+            "spec:",
+            "  instance:",
+            "    localStorage:",
+            "      strategy: RAID0",
+        ]
+    )
+    return "\n".join(
+        [
+            "MIME-Version: 1.0",
+            f'Content-Type: multipart/mixed; boundary="{MIME_BOUNDARY}"',
+            "",
+            f"--{MIME_BOUNDARY}",
+            "Content-Type: application/node.eks.aws",
+            "",
+            node_config,
+            "",
+            f"--{MIME_BOUNDARY}--",
+            "",
+        ]
+    )
 
 
 def bottlerocket_user_data() -> str:
@@ -70,16 +67,25 @@ def bottlerocket_user_data() -> str:
     """
     commands = [
         ["apiclient", "ephemeral-storage", "init"],
-        ["apiclient", "ephemeral-storage", "bind", "--dirs",
-         "/var/lib/containerd", "/var/lib/kubelet", "/var/log/pods"],
+        [
+            "apiclient",
+            "ephemeral-storage",
+            "bind",
+            "--dirs",
+            "/var/lib/containerd",
+            "/var/lib/kubelet",
+            "/var/log/pods",
+        ],
     ]
-    return "\n".join([
-        "[settings.bootstrap-commands.k8s-ephemeral-storage]",
-        f"commands = {json.dumps(commands)}",
-        "essential = true",
-        'mode = "always"',
-        "",
-    ])
+    return "\n".join(
+        [
+            "[settings.bootstrap-commands.k8s-ephemeral-storage]",
+            f"commands = {json.dumps(commands)}",
+            "essential = true",
+            'mode = "always"',
+            "",
+        ]
+    )
 
 
 def _b64(text: str) -> str:
@@ -87,55 +93,12 @@ def _b64(text: str) -> str:
 
 
 @dataclass(frozen=True)
-class NodeRoleArgs:
-    cluster_name: str
-    tags: dict[str, str] = field(default_factory=dict)
-
-
-class NodeRole(pulumi.ComponentResource):
-    """The IAM role both node groups' instances run as."""
-
-    arn: pulumi.Output[str]
-    attachments: list[aws.iam.RolePolicyAttachment]
-
-    def __init__(self, name: str, args: NodeRoleArgs, opts: pulumi.ResourceOptions | None = None):
-        super().__init__("gpt-oss:aws:NodeRole", name, None, opts)
-        partition = aws.get_partition().partition
-        role = aws.iam.Role(
-            f"{name}-role",
-            assume_role_policy=json.dumps({
-                "Version": "2012-10-17",
-                "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"},
-                               "Action": "sts:AssumeRole"}],
-            }),
-            description=f"Worker nodes of EKS cluster {args.cluster_name}",
-            tags=args.tags,
-            opts=pulumi.ResourceOptions(parent=self),
-        )
-        self.attachments = [
-            aws.iam.RolePolicyAttachment(
-                f"{name}-{policy}",
-                role=role.name,
-                policy_arn=f"arn:{partition}:iam::aws:policy/{policy}",
-                opts=pulumi.ResourceOptions(parent=self),
-            )
-            for policy in NODE_MANAGED_POLICIES
-        ]
-        self.arn = role.arn
-        self.register_outputs({"arn": self.arn})
-
-
-@dataclass(frozen=True)
 class GpuNodeGroupArgs:
-    cluster_name: pulumi.Input[str]
-    kubernetes_version: pulumi.Input[str]
-    node_role: NodeRole
+    cluster: EksCluster
     # Private subnets to place nodes in; with a Capacity Block only the reservation's zone's.
-    subnet_ids: list[pulumi.Input[str]]
+    subnet_ids: Sequence[pulumi.Input[str]]
     nodes: GpuNodeSettings
     tags: dict[str, str] = field(default_factory=dict)
-    # What must exist before nodes can become Ready (the VPC CNI and kube-proxy add-ons).
-    depends_on: list[pulumi.Resource] = field(default_factory=list)
 
 
 class GpuNodeGroup(pulumi.ComponentResource):
@@ -145,7 +108,7 @@ class GpuNodeGroup(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: GpuNodeGroupArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("gpt-oss:aws:GpuNodeGroup", name, None, opts)
-        nodes = args.nodes
+        nodes, cluster = args.nodes, args.cluster
         bottlerocket = nodes.ami_type.startswith("BOTTLEROCKET")
         capacity_block = nodes.capacity_type == "CAPACITY_BLOCK"
 
@@ -165,35 +128,42 @@ class GpuNodeGroup(pulumi.ComponentResource):
                 # credentials. Pods that need AWS access get EKS Pod Identity instead.
                 http_put_response_hop_limit=1,
             ),
-            block_device_mappings=[aws.ec2.LaunchTemplateBlockDeviceMappingArgs(
-                # Bottlerocket keeps the OS on /dev/xvda and containers on the /dev/xvdb data
-                # volume; AL2023 has one root volume. Either way this volume holds the 20-30 GB
-                # TensorRT-LLM image until the NVMe array takes over containerd's storage.
-                device_name="/dev/xvdb" if bottlerocket else "/dev/xvda",
-                ebs=aws.ec2.LaunchTemplateBlockDeviceMappingEbsArgs(
-                    volume_size=nodes.root_volume_gib,
-                    volume_type="gp3",
-                    # Image pulls are throughput-bound: 250 MiB/s instead of gp3's 125 baseline.
-                    throughput=250,
-                    iops=3000,
-                    encrypted="true",
-                    delete_on_termination="true",
-                ),
-            )],
+            block_device_mappings=[
+                aws.ec2.LaunchTemplateBlockDeviceMappingArgs(
+                    # Bottlerocket keeps the OS on /dev/xvda and containers on the /dev/xvdb data
+                    # volume; AL2023 has one root volume. Either way this volume holds the 20-30 GB
+                    # TensorRT-LLM image until the NVMe array takes over containerd's storage.
+                    device_name="/dev/xvdb" if bottlerocket else "/dev/xvda",
+                    ebs=aws.ec2.LaunchTemplateBlockDeviceMappingEbsArgs(
+                        volume_size=nodes.root_volume_gib,
+                        volume_type="gp3",
+                        # Image pulls are throughput-bound: 250 MiB/s instead of gp3's 125 baseline.
+                        throughput=250,
+                        iops=3000,
+                        encrypted="true",
+                        delete_on_termination="true",
+                    ),
+                )
+            ],
             user_data=_b64(bottlerocket_user_data() if bottlerocket else al2023_user_data()),
             instance_market_options=aws.ec2.LaunchTemplateInstanceMarketOptionsArgs(
                 market_type="capacity-block",
-            ) if capacity_block else None,
+            )
+            if capacity_block
+            else None,
             capacity_reservation_specification=(
                 aws.ec2.LaunchTemplateCapacityReservationSpecificationArgs(
                     capacity_reservation_target=aws.ec2.LaunchTemplateCapacityReservationSpecificationCapacityReservationTargetArgs(
                         capacity_reservation_id=nodes.capacity_reservation_id,
                     ),
-                ) if capacity_block else None
+                )
+                if capacity_block
+                else None
             ),
             tag_specifications=[
                 aws.ec2.LaunchTemplateTagSpecificationArgs(
-                    resource_type=kind, tags={**args.tags, "Name": f"{name}-gpu-node"})
+                    resource_type=kind, tags={**args.tags, "Name": f"{name}-gpu-node"}
+                )
                 for kind in ("instance", "volume")
             ],
             tags=args.tags,
@@ -202,10 +172,10 @@ class GpuNodeGroup(pulumi.ComponentResource):
 
         self.node_group = aws.eks.NodeGroup(
             f"{name}-node-group",
-            cluster_name=args.cluster_name,
-            node_group_name=pulumi.Output.from_input(args.cluster_name).apply(lambda c: f"{c}-gpu"),
-            version=args.kubernetes_version,
-            node_role_arn=args.node_role.arn,
+            cluster_name=cluster.name,
+            node_group_name=cluster.name.apply(lambda c: f"{c}-gpu"),
+            version=cluster.version,
+            node_role_arn=cluster.node_role.arn,
             subnet_ids=args.subnet_ids,
             ami_type=nodes.ami_type,
             capacity_type=nodes.capacity_type,
@@ -213,7 +183,9 @@ class GpuNodeGroup(pulumi.ComponentResource):
             # GPU capacity is planned, not autoscaled: a p5 takes minutes to boot and tens of
             # minutes to load the model, so the group holds exactly gpuNodeCount nodes.
             scaling_config=aws.eks.NodeGroupScalingConfigArgs(
-                desired_size=nodes.node_count, min_size=nodes.node_count, max_size=nodes.node_count,
+                desired_size=nodes.node_count,
+                min_size=nodes.node_count,
+                max_size=nodes.node_count,
             ),
             update_config=aws.eks.NodeGroupUpdateConfigArgs(max_unavailable=1),
             labels=dict(nodes.labels),
@@ -225,7 +197,8 @@ class GpuNodeGroup(pulumi.ComponentResource):
             tags=args.tags,
             opts=pulumi.ResourceOptions(
                 parent=self,
-                depends_on=[*args.node_role.attachments, *args.depends_on],
+                # Nodes become Ready only with the networking add-ons and the role's policies.
+                depends_on=[*cluster.node_role.attachments, *cluster.node_prerequisites],
                 # A p5 node takes minutes to launch and pass EKS health checks; a Capacity Block
                 # only launches once its window starts.
                 custom_timeouts=pulumi.CustomTimeouts(create="60m", update="90m"),
@@ -233,68 +206,3 @@ class GpuNodeGroup(pulumi.ComponentResource):
         )
         self.node_group_name = self.node_group.node_group_name
         self.register_outputs({"nodeGroupName": self.node_group_name})
-
-
-@dataclass(frozen=True)
-class SystemNodeGroupArgs:
-    cluster_name: pulumi.Input[str]
-    kubernetes_version: pulumi.Input[str]
-    node_role: NodeRole
-    subnet_ids: list[pulumi.Input[str]]
-    nodes: SystemNodeSettings
-    tags: dict[str, str] = field(default_factory=dict)
-    # What must exist before nodes can become Ready (the VPC CNI and kube-proxy add-ons).
-    depends_on: list[pulumi.Resource] = field(default_factory=list)
-
-
-class SystemNodeGroup(pulumi.ComponentResource):
-    """Small on-demand nodes for CoreDNS and other add-ons, which do not tolerate the GPU taint."""
-
-    node_group: aws.eks.NodeGroup
-
-    def __init__(self, name: str, args: SystemNodeGroupArgs, opts: pulumi.ResourceOptions | None = None):
-        super().__init__("gpt-oss:aws:SystemNodeGroup", name, None, opts)
-        launch_template = aws.ec2.LaunchTemplate(
-            f"{name}-launch-template",
-            description="System nodes: IMDSv2, encrypted gp3 root",
-            update_default_version=True,
-            metadata_options=aws.ec2.LaunchTemplateMetadataOptionsArgs(
-                http_endpoint="enabled",
-                http_tokens="required",
-                # 2: add-ons such as the AWS Load Balancer Controller read the region and VPC
-                # from instance metadata from inside a pod network namespace (one extra hop).
-                http_put_response_hop_limit=2,
-            ),
-            block_device_mappings=[aws.ec2.LaunchTemplateBlockDeviceMappingArgs(
-                device_name="/dev/xvda",
-                ebs=aws.ec2.LaunchTemplateBlockDeviceMappingEbsArgs(
-                    volume_size=50, volume_type="gp3", encrypted="true", delete_on_termination="true",
-                ),
-            )],
-            tags=args.tags,
-            opts=pulumi.ResourceOptions(parent=self),
-        )
-        self.node_group = aws.eks.NodeGroup(
-            f"{name}-node-group",
-            cluster_name=args.cluster_name,
-            node_group_name=pulumi.Output.from_input(args.cluster_name).apply(lambda c: f"{c}-system"),
-            version=args.kubernetes_version,
-            node_role_arn=args.node_role.arn,
-            subnet_ids=args.subnet_ids,
-            ami_type="AL2023_x86_64_STANDARD",
-            capacity_type="ON_DEMAND",
-            instance_types=[args.nodes.instance_type],
-            scaling_config=aws.eks.NodeGroupScalingConfigArgs(
-                desired_size=args.nodes.node_count, min_size=args.nodes.node_count,
-                max_size=args.nodes.node_count,
-            ),
-            update_config=aws.eks.NodeGroupUpdateConfigArgs(max_unavailable=1),
-            labels={"gpt-oss/node-role": "system"},
-            launch_template=aws.eks.NodeGroupLaunchTemplateArgs(
-                id=launch_template.id, version=launch_template.latest_version.apply(str),
-            ),
-            tags=args.tags,
-            opts=pulumi.ResourceOptions(
-                parent=self, depends_on=[*args.node_role.attachments, *args.depends_on]),
-        )
-        self.register_outputs({"nodeGroupName": self.node_group.node_group_name})

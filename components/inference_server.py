@@ -1,12 +1,13 @@
 """The serving workload: TensorRT-LLM behind an API-key gateway, on an internal load balancer.
 
-Registers the objects that `serving.workload` describes, plus the two secrets: the Hugging Face
+Registers the objects that `serving.workload.manifests` describes, plus the two secrets: the Hugging Face
 token (from Pulumi secret config, never unwrapped here) and a generated API key. Both stay Pulumi
 secrets from end to end, so state, outputs and logs only ever hold ciphertext.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pulumi
@@ -14,22 +15,31 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 
-from components.platform import KubernetesPlatform
-from components.settings import EndpointSettings, ServingSettings
-from serving import gateway, workload
-from serving.runtime import render_options_yaml
+from components.cluster import resources_in
+from serving.config.settings import EndpointSettings, ServingSettings
+from serving.runtime.options import render_options_yaml
+from serving.workload import gateway
+from serving.workload import manifests as workload
 
 
 @dataclass(frozen=True)
 class InferenceServerArgs:
     serving: ServingSettings
     endpoint: EndpointSettings
-    platform: KubernetesPlatform
-    hf_access_token: pulumi.Output[str]
+    hf_access_token: pulumi.Input[str]  # a Pulumi secret
+    # The stack's KMS key, for the optional Secrets Manager copy of the token; None for an
+    # existing cluster (a key of this component's own is made then).
+    kms_key_arn: pulumi.Input[str] | None = None
 
 
 class InferenceServer(pulumi.ComponentResource):
-    """trtllm-serve replicas with their gateway sidecars, a disruption budget and an NLB."""
+    """trtllm-serve replicas with their gateway sidecars, a disruption budget and an NLB.
+
+    The Kubernetes provider comes in `opts.providers`; `opts.depends_on` names what the server
+    pods need before they can schedule (GPU nodes, the device plugin), and the Deployment waits
+    for it. Children are named `<name>-<object>`; their aliases keep the URNs of the names they
+    had before, so existing stacks replace nothing.
+    """
 
     endpoint: pulumi.Output[str]
     model: pulumi.Output[str]
@@ -52,47 +62,69 @@ class InferenceServer(pulumi.ComponentResource):
             internet_facing=args.endpoint.internet_facing,
             source_ranges=args.endpoint.source_ranges,
         )
-        k8s_opts = pulumi.ResourceOptions(parent=self, provider=args.platform.provider)
+
+        def child(
+            object_name: str,
+            *,
+            depends_on: list[pulumi.Resource] | None = None,
+            custom_timeouts: pulumi.CustomTimeouts | None = None,
+        ) -> pulumi.ResourceOptions:
+            return pulumi.ResourceOptions(
+                parent=self,
+                depends_on=depends_on or [],
+                aliases=[pulumi.Alias(name=object_name)],
+                custom_timeouts=custom_timeouts,
+            )
 
         namespace = k8s.core.v1.Namespace(
-            "namespace",
+            f"{name}-namespace",
             metadata={"name": serving.namespace, "labels": workload.labels(spec, "namespace")},
-            opts=k8s_opts,
+            opts=child("namespace"),
         )
-        in_namespace = pulumi.ResourceOptions.merge(k8s_opts, pulumi.ResourceOptions(depends_on=[namespace]))
 
         if serving.hf_token_in_secrets_manager:
-            self._keep_token_in_secrets_manager(name, args)
+            self._keep_token_in_secrets_manager(name, args, child)
 
         hf_token_secret = k8s.core.v1.Secret(
-            "hf-token",
-            metadata=workload.metadata(spec, spec.names.hf_token_secret),
+            f"{name}-hf-token",
+            metadata=k8s.meta.v1.ObjectMetaArgs(**workload.metadata(spec, spec.names.hf_token_secret)),
             type="Opaque",
             string_data={workload.HF_TOKEN_SECRET_KEY: pulumi.Output.secret(args.hf_access_token)},
-            opts=in_namespace,
+            opts=child("hf-token", depends_on=[namespace]),
         )
 
         # The key app teams send as `Authorization: Bearer <key>`; letters and digits only, so
         # it is safe in the gateway's key map. Replace it with `pulumi up --replace` on this URN.
         api_key = random.RandomPassword(
-            "api-key", length=48, special=False, opts=pulumi.ResourceOptions(parent=self),
+            f"{name}-api-key",
+            length=48,
+            special=False,
+            opts=child("api-key"),
         )
-        key_map = api_key.result.apply(lambda key: gateway.render_api_key_map([key]))
+        key_map: pulumi.Output[str] = pulumi.Output.secret(
+            api_key.result.apply(lambda key: gateway.render_api_key_map([key]))
+        )
         api_keys_secret = k8s.core.v1.Secret(
-            "api-gateway-keys",
-            metadata=workload.metadata(spec, spec.names.api_keys_secret, "gateway"),
+            f"{name}-api-gateway-keys",
+            metadata=k8s.meta.v1.ObjectMetaArgs(**workload.metadata(spec, spec.names.api_keys_secret, "gateway")),
             type="Opaque",
-            string_data={gateway.GATEWAY_API_KEYS_SECRET_KEY: pulumi.Output.secret(key_map)},
-            opts=in_namespace,
+            string_data={gateway.GATEWAY_API_KEYS_SECRET_KEY: key_map},
+            opts=child("api-gateway-keys", depends_on=[namespace]),
         )
 
         options = workload.options_config_map(spec)
         options_map = k8s.core.v1.ConfigMap(
-            "trtllm-options", metadata=options["metadata"], data=options["data"], opts=in_namespace,
+            f"{name}-trtllm-options",
+            metadata=options["metadata"],
+            data=options["data"],
+            opts=child("trtllm-options", depends_on=[namespace]),
         )
         gateway_conf = workload.gateway_config_map(spec)
         gateway_map = k8s.core.v1.ConfigMap(
-            "api-gateway-config", metadata=gateway_conf["metadata"], data=gateway_conf["data"], opts=in_namespace,
+            f"{name}-api-gateway-config",
+            metadata=gateway_conf["metadata"],
+            data=gateway_conf["data"],
+            opts=child("api-gateway-config", depends_on=[namespace]),
         )
 
         pod_annotations = {
@@ -100,33 +132,45 @@ class InferenceServer(pulumi.ComponentResource):
             "gpt-oss.serving/config-checksum": workload.config_checksum(
                 render_options_yaml(serving.runtime), *gateway_conf["data"].values()
             ),
-            # A new API key does not: the gateway reloads its key map in place (serving/gateway.py),
+            # A new API key does not: the gateway reloads its key map in place (serving/workload/gateway.py),
             # so rotating a key never costs a model reload.
         }
         manifest = workload.deployment(spec, pod_annotations=pod_annotations)
         deployment = k8s.apps.v1.Deployment(
-            "server",
+            f"{name}-server",
             metadata=manifest["metadata"],
             spec=manifest["spec"],
-            opts=pulumi.ResourceOptions.merge(in_namespace, pulumi.ResourceOptions(
-                depends_on=[hf_token_secret, api_keys_secret, options_map, gateway_map,
-                            *args.platform.workload_dependencies],
+            opts=child(
+                "server",
+                # This component's own depends_on (GPU nodes, device plugin) holds for the pods:
+                # Pulumi does not pass a parent's dependencies on to its children.
+                depends_on=[
+                    namespace,
+                    hf_token_secret,
+                    api_keys_secret,
+                    options_map,
+                    gateway_map,
+                    *resources_in(opts),
+                ],
                 # The first rollout waits for a 65 GB download and a model load.
                 custom_timeouts=pulumi.CustomTimeouts(create="90m", update="90m"),
-            )),
+            ),
         )
 
         budget = workload.disruption_budget(spec)
         k8s.policy.v1.PodDisruptionBudget(
-            "server", metadata=budget["metadata"], spec=budget["spec"], opts=in_namespace,
+            f"{name}-server",
+            metadata=budget["metadata"],
+            spec=budget["spec"],
+            opts=child("server", depends_on=[namespace]),
         )
 
         service_manifest = workload.service(spec)
         service = k8s.core.v1.Service(
-            "endpoint",
+            f"{name}-endpoint",
             metadata=service_manifest["metadata"],
             spec=service_manifest["spec"],
-            opts=pulumi.ResourceOptions.merge(in_namespace, pulumi.ResourceOptions(depends_on=[deployment])),
+            opts=child("endpoint", depends_on=[namespace, deployment]),
         )
 
         hostname = service.status.apply(_load_balancer_address)
@@ -135,31 +179,42 @@ class InferenceServer(pulumi.ComponentResource):
         self.api_key = pulumi.Output.secret(api_key.result)
         self.namespace = pulumi.Output.from_input(serving.namespace)
         self.service_name = pulumi.Output.from_input(spec.names.service)
-        self.register_outputs({
-            "endpoint": self.endpoint,
-            "model": self.model,
-            "apiKey": self.api_key,
-            "namespace": self.namespace,
-            "serviceName": self.service_name,
-        })
+        self.register_outputs(
+            {
+                "endpoint": self.endpoint,
+                "model": self.model,
+                "apiKey": self.api_key,
+                "namespace": self.namespace,
+                "serviceName": self.service_name,
+            }
+        )
 
-    def _keep_token_in_secrets_manager(self, name: str, args: InferenceServerArgs) -> None:
+    def _keep_token_in_secrets_manager(
+        self, name: str, args: InferenceServerArgs, child: Callable[..., pulumi.ResourceOptions]
+    ) -> None:
         """Optionally keep the token in Secrets Manager too, encrypted with the stack's KMS key."""
-        kms_key_arn = args.platform.kms_key_arn
+        kms_key_arn = args.kms_key_arn
         if kms_key_arn is None:  # an existing cluster: this stack has no key of its own yet
             key = aws.kms.Key(
-                "hf-token", description=f"{name}: Hugging Face token", enable_key_rotation=True,
-                deletion_window_in_days=7, opts=pulumi.ResourceOptions(parent=self),
+                f"{name}-hf-token",
+                description=f"{name}: Hugging Face token",
+                enable_key_rotation=True,
+                deletion_window_in_days=7,
+                opts=child("hf-token"),
             )
             kms_key_arn = key.arn
         secret = aws.secretsmanager.Secret(
-            "hf-token", name_prefix=f"{name}/hf-access-token-", kms_key_id=kms_key_arn,
+            f"{name}-hf-token",
+            name_prefix=f"{name}/hf-access-token-",
+            kms_key_id=kms_key_arn,
             description="Hugging Face token of the gpt-oss TensorRT-LLM stack",
-            opts=pulumi.ResourceOptions(parent=self),
+            opts=child("hf-token"),
         )
         aws.secretsmanager.SecretVersion(
-            "hf-token", secret_id=secret.id, secret_string=pulumi.Output.secret(args.hf_access_token),
-            opts=pulumi.ResourceOptions(parent=self),
+            f"{name}-hf-token",
+            secret_id=secret.id,
+            secret_string=pulumi.Output.secret(args.hf_access_token),
+            opts=child("hf-token"),
         )
 
 

@@ -32,7 +32,7 @@ def plan_subnets(vpc_cidr: str, zones: list[str]) -> list[SubnetPlan]:
     through the VPC CNI, so private subnets get the room), block 7 is cut again into 8 public
     subnets. Six zones at most, which no region needs to exceed for this stack.
     """
-    network = ipaddress.ip_network(vpc_cidr)
+    network = ipaddress.IPv4Network(vpc_cidr)  # AWS VPCs are IPv4 blocks
     blocks = list(network.subnets(prefixlen_diff=3))
     public_blocks = list(blocks[7].subnets(prefixlen_diff=3))
     if len(zones) > 6:
@@ -77,7 +77,9 @@ class Network(pulumi.ComponentResource):
             opts=child,
         )
         gateway = aws.ec2.InternetGateway(
-            f"{name}-igw", vpc_id=vpc.id, tags={**args.tags, "Name": f"{args.cluster_name}-igw"},
+            f"{name}-igw",
+            vpc_id=vpc.id,
+            tags={**args.tags, "Name": f"{args.cluster_name}-igw"},
             opts=child,
         )
         public_routes = aws.ec2.RouteTable(
@@ -100,18 +102,26 @@ class Network(pulumi.ComponentResource):
                 cidr_block=plan.public_cidr,
                 # Nothing launched here needs a public IP by default; NAT uses an Elastic IP.
                 map_public_ip_on_launch=False,
-                tags={**args.tags, **cluster_tag, PUBLIC_ELB_TAG: "1",
-                      "Name": f"{args.cluster_name}-public-{plan.zone}"},
+                tags={
+                    **args.tags,
+                    **cluster_tag,
+                    PUBLIC_ELB_TAG: "1",
+                    "Name": f"{args.cluster_name}-public-{plan.zone}",
+                },
                 opts=child,
             )
             aws.ec2.RouteTableAssociation(
-                f"{name}-public-{plan.zone}", subnet_id=public.id, route_table_id=public_routes.id,
+                f"{name}-public-{plan.zone}",
+                subnet_id=public.id,
+                route_table_id=public_routes.id,
                 opts=child,
             )
             if args.nat_gateway_per_zone or shared_nat is None:
                 address = aws.ec2.Eip(
-                    f"{name}-nat-{plan.zone}", domain="vpc",
-                    tags={**args.tags, "Name": f"{args.cluster_name}-nat-{plan.zone}"}, opts=child,
+                    f"{name}-nat-{plan.zone}",
+                    domain="vpc",
+                    tags={**args.tags, "Name": f"{args.cluster_name}-nat-{plan.zone}"},
+                    opts=child,
                 )
                 nat = aws.ec2.NatGateway(
                     f"{name}-nat-{plan.zone}",
@@ -127,8 +137,12 @@ class Network(pulumi.ComponentResource):
                 availability_zone=plan.zone,
                 cidr_block=plan.private_cidr,
                 map_public_ip_on_launch=False,
-                tags={**args.tags, **cluster_tag, INTERNAL_ELB_TAG: "1",
-                      "Name": f"{args.cluster_name}-private-{plan.zone}"},
+                tags={
+                    **args.tags,
+                    **cluster_tag,
+                    INTERNAL_ELB_TAG: "1",
+                    "Name": f"{args.cluster_name}-private-{plan.zone}",
+                },
                 opts=child,
             )
             private_routes = aws.ec2.RouteTable(
@@ -139,19 +153,23 @@ class Network(pulumi.ComponentResource):
                 opts=child,
             )
             aws.ec2.RouteTableAssociation(
-                f"{name}-private-{plan.zone}", subnet_id=private.id,
-                route_table_id=private_routes.id, opts=child,
+                f"{name}-private-{plan.zone}",
+                subnet_id=private.id,
+                route_table_id=private_routes.id,
+                opts=child,
             )
             self.public_subnet_ids.append(public.id)
             self.private_subnet_ids.append(private.id)
             self.private_subnet_ids_by_zone[plan.zone] = private.id
 
         self.vpc_id = vpc.id
-        self.register_outputs({
-            "vpcId": self.vpc_id,
-            "privateSubnetIds": self.private_subnet_ids,
-            "publicSubnetIds": self.public_subnet_ids,
-        })
+        self.register_outputs(
+            {
+                "vpcId": self.vpc_id,
+                "privateSubnetIds": self.private_subnet_ids,
+                "publicSubnetIds": self.public_subnet_ids,
+            }
+        )
 
 
 def choose_zones(available: list[str], count: int, required: str | None) -> list[str]:

@@ -24,14 +24,13 @@ class KubernetesPlatform:
     vpc_cidr: str | None
     # What GPU workloads must wait for (GPU node group, device plugin): without them a GPU pod
     # would sit Pending and `pulumi up` would wait for it until its timeout.
-    workload_dependencies: list[pulumi.Resource] = field(default_factory=list)
+    gpu_capacity: list[pulumi.Resource] = field(default_factory=list)
 
 
 def kubernetes_provider(
     name: str,
     kubeconfig: pulumi.Input[str],
     *,
-    parent: pulumi.Resource | None = None,
     depends_on: list[pulumi.Resource] | None = None,
 ) -> k8s.Provider:
     """A Kubernetes provider for one cluster; the kubeconfig stays a secret in the state."""
@@ -40,7 +39,7 @@ def kubernetes_provider(
         kubeconfig=pulumi.Output.secret(kubeconfig),
         # Server-side apply is the provider's default since 4.0; stated so a reader need not know.
         enable_server_side_apply=True,
-        opts=pulumi.ResourceOptions(parent=parent, depends_on=depends_on or []),
+        opts=pulumi.ResourceOptions(depends_on=depends_on or []),
     )
 
 
@@ -55,5 +54,5 @@ def existing_cluster_platform(name: str, kubeconfig: pulumi.Output[str]) -> Kube
         cluster_name=name,
         kms_key_arn=None,
         vpc_cidr=None,
-        workload_dependencies=[],
+        gpu_capacity=[],
     )

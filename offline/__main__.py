@@ -6,24 +6,42 @@ import argparse
 import sys
 from pathlib import Path
 
-from components.settings import SettingsError
-from offline.program import PROJECT_DIR, run_program
+from offline.program import run_program
 from offline.render import check_no_secrets, render_tree, write_plan
+from serving.config.project import PROJECT_DIR, parse_assignments, stack_file
+from serving.config.settings import SettingsError
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m offline")
     commands = parser.add_subparsers(dest="command", required=True)
     plan = commands.add_parser("plan", help="run __main__.py under Pulumi mocks and show the plan")
-    plan.add_argument("--stack", default="prod", help="reads Pulumi.<stack>.yaml (default prod)")
-    plan.add_argument("--out", type=Path, default=PROJECT_DIR / "build",
-                      help="writes <out>/<stack>/ (default build/)")
+    plan.add_argument(
+        "--stack",
+        default="prod",
+        help="a stack name (Pulumi.<stack>.yaml) or the path of a stack file (default prod)",
+    )
+    plan.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a stack setting for this run, e.g. --set gpuNodeCount=2 (repeatable)",
+    )
+    plan.add_argument(
+        "--out", type=Path, default=PROJECT_DIR / "build", help="writes <out>/<stack>/ (default build/)"
+    )
     args = parser.parse_args(argv)
 
     try:
-        result = run_program(args.stack)
+        overrides = parse_assignments(args.settings)
+    except ValueError as error:
+        parser.error(str(error))
+    try:
+        result = run_program(args.stack, config=overrides or None)
     except SettingsError as error:
-        print(f"Pulumi.{args.stack}.yaml: {error}", file=sys.stderr)
+        print(f"{stack_file(args.stack).name}: {error}", file=sys.stderr)
         return 2
     except FileNotFoundError as error:
         print(error, file=sys.stderr)
@@ -32,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     check_no_secrets(result, tree, "the terminal")
     print(tree, end="")
     written = write_plan(result, args.out)
-    print(f"\nWrote {len(written)} files under {args.out / args.stack}/")
+    print(f"\nWrote {len(written)} files under {args.out / result.stack}/")
     return 0
 
 

@@ -32,23 +32,43 @@ class PlanMocks(pulumi.runtime.Mocks):
         token = args.token
         if token == "aws:index/getAvailabilityZones:getAvailabilityZones":
             names = [f"{self.region}{suffix}" for suffix in ZONE_SUFFIXES[:4]]
-            return {"id": self.region, "names": names, "state": "available",
-                    "zoneIds": [f"use1-az{i + 1}" for i in range(len(names))],
-                    "groupNames": [self.region] * len(names)}
+            return {
+                "id": self.region,
+                "names": names,
+                "state": "available",
+                "zoneIds": [f"use1-az{i + 1}" for i in range(len(names))],
+                "groupNames": [self.region] * len(names),
+            }
         if token == "aws:index/getPartition:getPartition":
-            return {"id": "aws", "partition": "aws", "dnsSuffix": "amazonaws.com",
-                    "reverseDnsPrefix": "com.amazonaws"}
+            return {
+                "id": "aws",
+                "partition": "aws",
+                "dnsSuffix": "amazonaws.com",
+                "reverseDnsPrefix": "com.amazonaws",
+            }
         if token == "aws:index/getCallerIdentity:getCallerIdentity":
-            return {"id": ACCOUNT_ID, "accountId": ACCOUNT_ID,
-                    "arn": f"arn:aws:iam::{ACCOUNT_ID}:role/<deploying-role>",
-                    "userId": "<deploying-identity>"}
+            return {
+                "id": ACCOUNT_ID,
+                "accountId": ACCOUNT_ID,
+                "arn": f"arn:aws:iam::{ACCOUNT_ID}:role/<deploying-role>",
+                "userId": "<deploying-identity>",
+            }
         if token == "aws:index/getRegion:getRegion":
-            return {"id": self.region, "name": self.region, "region": self.region,
-                    "endpoint": f"ec2.{self.region}.amazonaws.com", "description": "<region>"}
+            return {
+                "id": self.region,
+                "name": self.region,
+                "region": self.region,
+                "endpoint": f"ec2.{self.region}.amazonaws.com",
+                "description": "<region>",
+            }
         if token == "aws:eks/getAddonVersion:getAddonVersion":
             addon, version = args.args.get("addonName"), args.args.get("kubernetesVersion")
-            return {"id": f"{addon}", "addonName": addon, "kubernetesVersion": version,
-                    "version": f"<EKS default {addon} for {version}>"}
+            return {
+                "id": f"{addon}",
+                "addonName": addon,
+                "kubernetesVersion": version,
+                "version": f"<EKS default {addon} for {version}>",
+            }
         raise UnmockedInvokeError(
             f"offline/mocks.py has no answer for the invoke {token}; add one to PlanMocks.call"
         )
@@ -77,8 +97,11 @@ class PlanMocks(pulumi.runtime.Mocks):
         metadata.setdefault("name", f"{args.name}-<suffix>")
         if args.typ == "kubernetes:core/v1:Service" and state.get("spec", {}).get("type") == "LoadBalancer":
             name = metadata.get("name")
-            state["status"] = {"loadBalancer": {"ingress": [{
-                "hostname": f"<nlb-of-{name}>.elb.{self.region}.amazonaws.com"}]}}
+            state["status"] = {
+                "loadBalancer": {
+                    "ingress": [{"hostname": f"<nlb-of-{name}>.elb.{self.region}.amazonaws.com"}]
+                }
+            }
         return state
 
 
@@ -111,8 +134,10 @@ def _role(mocks: PlanMocks, args: MockResourceArgs, state: dict) -> str:
 
 
 def _kms_key(mocks: PlanMocks, args: MockResourceArgs, state: dict) -> str:
-    state.update(keyId=f"<kms-key-id:{args.name}>",
-                 arn=f"arn:aws:kms:{mocks.region}:{ACCOUNT_ID}:key/<kms-key-id:{args.name}>")
+    state.update(
+        keyId=f"<kms-key-id:{args.name}>",
+        arn=f"arn:aws:kms:{mocks.region}:{ACCOUNT_ID}:key/<kms-key-id:{args.name}>",
+    )
     return f"<kms-key-id:{args.name}>"
 
 
@@ -135,8 +160,12 @@ def _eks_cluster(mocks: PlanMocks, args: MockResourceArgs, state: dict) -> str:
 
 def _node_group(mocks: PlanMocks, args: MockResourceArgs, state: dict) -> str:
     name = state.get("nodeGroupName") or f"{args.name}-<suffix>"
-    state.update(nodeGroupName=name, status="ACTIVE", releaseVersion="<eks-ami-release>",
-                 resources=[{"autoscalingGroups": [{"name": f"<asg-of-{name}>"}]}])
+    state.update(
+        nodeGroupName=name,
+        status="ACTIVE",
+        releaseVersion="<eks-ami-release>",
+        resources=[{"autoscalingGroups": [{"name": f"<asg-of-{name}>"}]}],
+    )
     return f"{state.get('clusterName')}:{name}"
 
 
@@ -149,6 +178,7 @@ def _named(prefix: str):
     def outputs(mocks: PlanMocks, args: MockResourceArgs, state: dict) -> str:
         state.setdefault("name", f"{args.name}-<suffix>")
         return f"<{prefix}:{args.name}>"
+
     return outputs
 
 

@@ -17,8 +17,6 @@ the start of each run, so many variants can run one after another in one pytest 
 
 from __future__ import annotations
 
-import json
-import os
 import runpy
 import sys
 from dataclasses import dataclass, field
@@ -32,15 +30,10 @@ from pulumi.runtime.stack import run_pulumi_func
 from pulumi.runtime.sync_await import _sync_await
 
 from offline.mocks import PlanMocks
-from serving import project_files
+from serving.config.project import PROJECT_DIR, assemble_config, stack_name
 
-PROJECT_DIR = project_files.PROJECT_DIR
 SECRET_MARK = "[secret]"
 MIN_SECRET_LENGTH = 16
-# Used when neither the stack nor the environment provides a Hugging Face token: the offline
-# run never sends it anywhere, it only has to exist (the program requires the setting).
-PLACEHOLDER_HF_TOKEN = "<hf-token-placeholder>"
-PLACEHOLDER_KUBECONFIG = "<kubeconfig from the stack's encrypted config>"
 
 
 @dataclass
@@ -53,6 +46,7 @@ class PlannedResource:
     custom: bool
     provider: str | None
     dependencies: list[str]  # URNs this resource waits for (depends_on and input dependencies)
+    aliases: list[dict[str, Any]]  # what the engine would match old URNs against (see _alias_record)
     inputs: dict[str, Any]  # secrets unwrapped: for checks only
     state: dict[str, Any]  # inputs + what the mocked cloud returned, secrets unwrapped
     _wrapped_inputs: dict[str, Any] = field(repr=False, default_factory=dict)
@@ -109,6 +103,7 @@ class PlanResult:
 
 # --- secrets in deserialized properties ------------------------------------------------------
 
+
 def _number(value: Any) -> Any:
     # Property values travel as protobuf doubles: 4 arrives as 4.0. Whole numbers become ints
     # again, as the providers send them on (JSON `4`), so YAML and checks read naturally.
@@ -145,17 +140,31 @@ def string_leaves(value: Any, *, secret: bool, inside_secret: bool = False) -> s
         return string_leaves(value["value"], secret=secret, inside_secret=True)
     if isinstance(value, dict):
         keys = set(value) if not secret and not inside_secret else set()  # names are never secrets
-        return keys.union(*(string_leaves(v, secret=secret, inside_secret=inside_secret)
-                            for v in value.values()))
+        return keys.union(
+            *(string_leaves(v, secret=secret, inside_secret=inside_secret) for v in value.values())
+        )
     if isinstance(value, list):
-        return set().union(*(string_leaves(v, secret=secret, inside_secret=inside_secret)
-                             for v in value))
+        return set().union(*(string_leaves(v, secret=secret, inside_secret=inside_secret) for v in value))
     if isinstance(value, str) and value and inside_secret == secret:
         return {value}
     return set()
 
 
 # --- the recording monitor -------------------------------------------------------------------
+
+
+def _alias_record(alias: Any) -> dict[str, Any]:
+    """An alias as the engine receives it: a whole URN, or a spec of what differed."""
+    if alias.WhichOneof("alias") == "urn":
+        return {"urn": alias.urn}
+    spec = alias.spec
+    return {
+        "name": spec.name or None,
+        "type": spec.type or None,
+        "parent_urn": spec.parentUrn or None,
+        "no_parent": bool(spec.noParent),
+    }
+
 
 class RecordingMonitor(MockMonitor):
     """MockMonitor that also keeps each registration's parent, provider and raw inputs."""
@@ -168,78 +177,24 @@ class RecordingMonitor(MockMonitor):
         response = super().RegisterResource(request)
         if request.type != "pulumi:pulumi:Stack":
             inputs = rpc.deserialize_properties(request.object, keep_unknowns=True)
-            self.registrations.append({
-                "type": request.type,
-                "name": request.name,
-                "urn": response.urn,
-                "parent": request.parent or None,
-                "custom": bool(request.custom),
-                "provider": request.provider or None,
-                "dependencies": sorted(set(request.dependencies)),
-                "inputs": inputs,
-            })
+            self.registrations.append(
+                {
+                    "type": request.type,
+                    "name": request.name,
+                    "urn": response.urn,
+                    "parent": request.parent or None,
+                    "custom": bool(request.custom),
+                    "provider": request.provider or None,
+                    "dependencies": sorted(set(request.dependencies)),
+                    "inputs": inputs,
+                    "aliases": [_alias_record(alias) for alias in request.aliases],
+                }
+            )
         return response
 
 
-# --- configuration ---------------------------------------------------------------------------
-
-def _config_text(value: Any) -> str:
-    """Config values as the engine hands them to the program: strings, objects as JSON."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (dict, list)):
-        return json.dumps(value)
-    return str(value)
-
-
-def _full_key(project: str, key: str) -> str:
-    return key if ":" in key else f"{project}:{key}"
-
-
-def assemble_config(
-    stack: str,
-    overrides: dict[str, object] | None,
-    secret_overrides: dict[str, str] | None,
-) -> tuple[str, dict[str, str], set[str]]:
-    """(project name, full config as strings, secret keys), as the CLI would assemble them."""
-    name = project_files.project_name()
-    declared = project_files.declared_config()
-    stack_config = project_files.stack_config(stack)
-
-    values: dict[str, Any] = {}
-    secret_keys: set[str] = set()
-    for key, value in stack_config.items():
-        full = _full_key(name, key)
-        if isinstance(value, dict) and set(value) == {"secure"}:
-            # Encrypted in the stack file: only the CLI with the stack's key can read it.
-            secret_keys.add(full)
-            values[full] = {f"{name}:hfAccessToken": os.environ.get("HF_TOKEN") or PLACEHOLDER_HF_TOKEN,
-                            f"{name}:kubeconfig": PLACEHOLDER_KUBECONFIG}.get(full, "<encrypted>")
-        else:
-            values[full] = value
-    for key, value in (overrides or {}).items():
-        values[_full_key(name, key)] = value
-    for key, value in (secret_overrides or {}).items():
-        full = _full_key(name, key)
-        values[full] = value
-        secret_keys.add(full)
-
-    # Pulumi.yaml defaults, applied like the CLI does for keys the stack does not set.
-    for key, spec in declared.items():
-        full = _full_key(name, key)
-        if full not in values and isinstance(spec, dict) and "default" in spec:
-            values[full] = spec["default"]
-        if isinstance(spec, dict) and spec.get("secret") and full in values:
-            secret_keys.add(full)
-
-    token_key = f"{name}:hfAccessToken"
-    if token_key not in values:
-        values[token_key] = os.environ.get("HF_TOKEN") or PLACEHOLDER_HF_TOKEN
-        secret_keys.add(token_key)
-    return name, {k: _config_text(v) for k, v in values.items()}, secret_keys
-
-
 # --- running the program ---------------------------------------------------------------------
+
 
 def _reset_runtime() -> None:
     runtime_settings.set_root_resource(None)  # type: ignore[arg-type]
@@ -264,20 +219,23 @@ def run_program(
     keys of other packages ("aws:region"). A `SettingsError` from the program propagates.
     """
     project, values, secret_keys = assemble_config(stack, config, secrets)
+    name = stack_name(stack)
     region = values.get("aws:region", "us-east-1")
     mocks = PlanMocks(region=region)
     monitor = RecordingMonitor(mocks)
 
     _reset_runtime()
     pulumi.runtime.set_all_config(values, sorted(secret_keys))
-    pulumi.runtime.set_mocks(mocks, project=project, stack=stack, preview=False, monitor=monitor)
+    pulumi.runtime.set_mocks(mocks, project=project, stack=name, preview=False, monitor=monitor)
     root = runtime_settings.get_root_resource()
     if str(PROJECT_DIR) not in sys.path:
         sys.path.insert(0, str(PROJECT_DIR))
+    def program() -> None:
+        runpy.run_path(str(PROJECT_DIR / "__main__.py"), run_name="__main__")
+
     try:
         try:
-            _sync_await(run_pulumi_func(
-                lambda: runpy.run_path(str(PROJECT_DIR / "__main__.py"), run_name="__main__")))
+            _sync_await(run_pulumi_func(program))
         except Exception as error:
             error.add_note(f"resources registered before the error: {len(monitor.registrations)}")
             raise
@@ -298,13 +256,23 @@ def run_program(
     for record in monitor.registrations:
         state = registered.get(record["urn"])
         wrapped_state = state.state if state is not None else {}
-        resources.append(PlannedResource(
-            type=record["type"], name=record["name"], urn=record["urn"],
-            id=state.id if state is not None else "", parent=record["parent"],
-            custom=record["custom"], provider=record["provider"],
-            dependencies=record["dependencies"], inputs=unwrap(record["inputs"]), state=unwrap(wrapped_state),
-            _wrapped_inputs=record["inputs"], _wrapped_state=wrapped_state,
-        ))
+        resources.append(
+            PlannedResource(
+                type=record["type"],
+                name=record["name"],
+                urn=record["urn"],
+                id=state.id if state is not None else "",
+                parent=record["parent"],
+                custom=record["custom"],
+                provider=record["provider"],
+                dependencies=record["dependencies"],
+                aliases=record["aliases"],
+                inputs=unwrap(record["inputs"]),
+                state=unwrap(wrapped_state),
+                _wrapped_inputs=record["inputs"],
+                _wrapped_state=wrapped_state,
+            )
+        )
         for properties in (record["inputs"], wrapped_state):
             secret_leaves |= string_leaves(properties, secret=True)
             public_leaves |= string_leaves(properties, secret=False)
@@ -319,9 +287,16 @@ def run_program(
     # Secret config values always count, even if the program leaked one into the open.
     secret_values = {values[key] for key in secret_keys if values.get(key)}
     secret_values |= {
-        leaf for leaf in secret_leaves - public_leaves
+        leaf
+        for leaf in secret_leaves - public_leaves
         if len(leaf) >= MIN_SECRET_LENGTH and not any(leaf in text for text in public_leaves)
     }
-    return PlanResult(stack=stack, resources=resources, outputs=outputs,
-                      secret_outputs=secret_outputs, secret_values=secret_values,
-                      config=values, secret_config_keys=secret_keys)
+    return PlanResult(
+        stack=name,
+        resources=resources,
+        outputs=outputs,
+        secret_outputs=secret_outputs,
+        secret_values=secret_values,
+        config=values,
+        secret_config_keys=secret_keys,
+    )

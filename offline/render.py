@@ -26,6 +26,7 @@ class SecretLeakError(RuntimeError):
 
 # --- Kubernetes objects ----------------------------------------------------------------------
 
+
 def is_kubernetes_object(resource: PlannedResource) -> bool:
     return resource.type.startswith("kubernetes:") and resource.custom
 
@@ -43,8 +44,8 @@ def kubernetes_object(resource: PlannedResource) -> dict[str, Any]:
         for field in ("data", "stringData"):
             raw = resource.inputs.get(field)
             if isinstance(raw, dict):
-                obj[field] = {key: SECRET_MARK for key in raw}
-    ordered = {key: obj[key] for key in ("apiVersion", "kind", "metadata") if key in obj}
+                obj[field] = dict.fromkeys(raw, SECRET_MARK)
+    ordered: dict[str, Any] = {key: obj[key] for key in ("apiVersion", "kind", "metadata") if key in obj}
     ordered.update({key: value for key, value in obj.items() if key not in ordered})
     return ordered
 
@@ -63,6 +64,7 @@ def trtllm_options(plan: PlanResult) -> str | None:
 
 
 # --- the tree --------------------------------------------------------------------------------
+
 
 def _get(values: dict[str, Any], path: str) -> Any:
     value: Any = values
@@ -101,14 +103,20 @@ def _user_data(values: dict[str, Any]) -> list[str]:
 
 
 def _launch_template(values: dict[str, Any]) -> list[str]:
-    shown = _fields(values, "instanceType", "metadataOptions.httpTokens",
-                    "metadataOptions.httpPutResponseHopLimit")
+    shown = _fields(
+        values, "instanceType", "metadataOptions.httpTokens", "metadataOptions.httpPutResponseHopLimit"
+    )
     for mapping in values.get("blockDeviceMappings") or []:
         ebs = mapping.get("ebs") or {}
-        shown.append(f"{mapping.get('deviceName')}={ebs.get('volumeSize')}GiB {ebs.get('volumeType')}"
-                     f"{' encrypted' if str(ebs.get('encrypted')) == 'true' else ' UNENCRYPTED'}")
-    shown += _fields(values, "instanceMarketOptions.marketType",
-                     "capacityReservationSpecification.capacityReservationTarget.capacityReservationId")
+        shown.append(
+            f"{mapping.get('deviceName')}={ebs.get('volumeSize')}GiB {ebs.get('volumeType')}"
+            f"{' encrypted' if str(ebs.get('encrypted')) == 'true' else ' UNENCRYPTED'}"
+        )
+    shown += _fields(
+        values,
+        "instanceMarketOptions.marketType",
+        "capacityReservationSpecification.capacityReservationTarget.capacityReservationId",
+    )
     return shown + _user_data(values)
 
 
@@ -118,8 +126,11 @@ def _pod_spec(spec: dict[str, Any]) -> list[str]:
         limits = (container.get("resources") or {}).get("limits") or {}
         ports = ",".join(str(p.get("containerPort")) for p in container.get("ports") or [])
         gpus = limits.get("nvidia.com/gpu")
-        shown.append(f"container {container.get('name')}: {container.get('image')}"
-                     + (f" ports={ports}" if ports else "") + (f" gpus={gpus}" if gpus else ""))
+        shown.append(
+            f"container {container.get('name')}: {container.get('image')}"
+            + (f" ports={ports}" if ports else "")
+            + (f" gpus={gpus}" if gpus else "")
+        )
     if spec.get("nodeSelector"):
         shown.append(f"nodeSelector={_short(spec['nodeSelector'])}")
     for toleration in spec.get("tolerations") or []:
@@ -134,8 +145,9 @@ def _workload(values: dict[str, Any]) -> list[str]:
 
 
 def _service(values: dict[str, Any]) -> list[str]:
-    shown = _fields(values, "metadata.namespace", "metadata.name", "spec.type",
-                    "spec.loadBalancerSourceRanges")
+    shown = _fields(
+        values, "metadata.namespace", "metadata.name", "spec.type", "spec.loadBalancerSourceRanges"
+    )
     ports = [f"{p.get('port')}->{p.get('targetPort')}" for p in _get(values, "spec.ports") or []]
     if ports:
         shown.append("ports=" + ",".join(ports))
@@ -153,6 +165,7 @@ def _keys_only(field: str) -> Callable[[dict[str, Any]], list[str]]:
         elif data == SECRET_MARK:
             shown.append(f"{field}={SECRET_MARK}")
         return shown
+
     return summary
 
 
@@ -163,24 +176,48 @@ def _secret(values: dict[str, Any]) -> list[str]:
 
 SUMMARIES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "aws:ec2/vpc:Vpc": lambda v: _fields(v, "cidrBlock"),
-    "aws:ec2/subnet:Subnet": lambda v: _fields(v, "availabilityZone", "cidrBlock") + [
-        key.split("/")[-1] for key in (v.get("tags") or {}) if key.startswith("kubernetes.io/role/")],
+    "aws:ec2/subnet:Subnet": lambda v: (
+        _fields(v, "availabilityZone", "cidrBlock")
+        + [key.split("/")[-1] for key in (v.get("tags") or {}) if key.startswith("kubernetes.io/role/")]
+    ),
     "aws:ec2/natGateway:NatGateway": lambda v: _fields(v, "subnetId"),
     "aws:ec2/routeTable:RouteTable": lambda v: [
         f"route {r.get('cidrBlock')} -> {r.get('natGatewayId') or r.get('gatewayId')}"
-        for r in v.get("routes") or []],
-    "aws:eks/cluster:Cluster": lambda v: _fields(
-        v, "name", "version", "accessConfig.authenticationMode", "enabledClusterLogTypes",
-        "vpcConfig.endpointPrivateAccess", "vpcConfig.endpointPublicAccess",
-        "vpcConfig.publicAccessCidrs") + (["secrets encrypted with KMS"] if v.get("encryptionConfig") else []),
+        for r in v.get("routes") or []
+    ],
+    "aws:eks/cluster:Cluster": lambda v: (
+        _fields(
+            v,
+            "name",
+            "version",
+            "accessConfig.authenticationMode",
+            "enabledClusterLogTypes",
+            "vpcConfig.endpointPrivateAccess",
+            "vpcConfig.endpointPublicAccess",
+            "vpcConfig.publicAccessCidrs",
+        )
+        + (["secrets encrypted with KMS"] if v.get("encryptionConfig") else [])
+    ),
     "aws:kms/key:Key": lambda v: _fields(v, "enableKeyRotation", "deletionWindowInDays"),
     "aws:eks/addon:Addon": lambda v: _fields(v, "addonName", "addonVersion"),
     "aws:eks/accessEntry:AccessEntry": lambda v: _fields(v, "principalArn", "type"),
-    "aws:eks/accessPolicyAssociation:AccessPolicyAssociation": lambda v: _fields(v, "principalArn", "policyArn"),
+    "aws:eks/accessPolicyAssociation:AccessPolicyAssociation": lambda v: _fields(
+        v, "principalArn", "policyArn"
+    ),
     "aws:iam/rolePolicyAttachment:RolePolicyAttachment": lambda v: _fields(v, "policyArn"),
     "aws:eks/nodeGroup:NodeGroup": lambda v: _fields(
-        v, "nodeGroupName", "amiType", "capacityType", "instanceTypes", "scalingConfig.desiredSize",
-        "scalingConfig.minSize", "scalingConfig.maxSize", "labels", "taints", "subnetIds"),
+        v,
+        "nodeGroupName",
+        "amiType",
+        "capacityType",
+        "instanceTypes",
+        "scalingConfig.desiredSize",
+        "scalingConfig.minSize",
+        "scalingConfig.maxSize",
+        "labels",
+        "taints",
+        "subnetIds",
+    ),
     "aws:ec2/launchTemplate:LaunchTemplate": _launch_template,
     "kubernetes:apps/v1:Deployment": _workload,
     "kubernetes:apps/v1:DaemonSet": _workload,
@@ -190,7 +227,8 @@ SUMMARIES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "kubernetes:core/v1:Secret": _secret,
     "kubernetes:core/v1:Namespace": lambda v: _fields(v, "metadata.name"),
     "kubernetes:policy/v1:PodDisruptionBudget": lambda v: _fields(
-        v, "metadata.name", "spec.minAvailable", "spec.maxUnavailable"),
+        v, "metadata.name", "spec.minAvailable", "spec.maxUnavailable"
+    ),
 }
 
 
@@ -225,12 +263,20 @@ def render_tree(plan: PlanResult) -> str:
 
 # --- files -----------------------------------------------------------------------------------
 
+
 def plan_document(plan: PlanResult) -> dict[str, Any]:
     return {
         "stack": plan.stack,
         "resources": [
-            {"type": r.type, "name": r.name, "urn": r.urn, "parent": r.parent, "custom": r.custom,
-             "provider": r.provider, "inputs": r.redacted_inputs()}
+            {
+                "type": r.type,
+                "name": r.name,
+                "urn": r.urn,
+                "parent": r.parent,
+                "custom": r.custom,
+                "provider": r.provider,
+                "inputs": r.redacted_inputs(),
+            }
             for r in plan.resources
         ],
         "outputs": plan.redacted_outputs(),
@@ -239,8 +285,12 @@ def plan_document(plan: PlanResult) -> dict[str, Any]:
 
 def _file_name(index: int, obj: dict[str, Any]) -> str:
     metadata = obj.get("metadata") or {}
-    parts = [f"{index:02d}", obj.get("kind", "object").lower(),
-             metadata.get("namespace") or "cluster", metadata.get("name") or "unnamed"]
+    parts = [
+        f"{index:02d}",
+        obj.get("kind", "object").lower(),
+        metadata.get("namespace") or "cluster",
+        metadata.get("name") or "unnamed",
+    ]
     return re.sub(r"[^A-Za-z0-9._-]+", "_", "-".join(parts)) + ".yaml"
 
 

@@ -53,23 +53,51 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def policy_resource(resource_type: str, name: str, inputs: Mapping[str, Any], *,
-                    urn: str | None = None, parent: PolicyResource | None = None,
-                    property_dependencies: Mapping[str, list[PolicyResource]] | None = None) -> PolicyResource:
+def policy_resource(
+    resource_type: str,
+    name: str,
+    inputs: Mapping[str, Any],
+    *,
+    urn: str | None = None,
+    parent: PolicyResource | None = None,
+    property_dependencies: Mapping[str, list[PolicyResource]] | None = None,
+) -> PolicyResource:
     """A `PolicyResource` as AnalyzeStack builds it."""
     urn = urn or f"urn:pulumi:offline::offline::{resource_type}::{name}"
     options = PolicyResourceOptions(
-        protect=False, ignore_changes=[], delete_before_replace=None, aliases=[],
-        custom_timeouts=PolicyCustomTimeouts(0, 0, 0), additional_secret_outputs=[],
+        protect=False,
+        ignore_changes=[],
+        delete_before_replace=None,
+        aliases=[],
+        custom_timeouts=PolicyCustomTimeouts(0, 0, 0),
+        additional_secret_outputs=[],
         parent=parent.urn if parent else None,
     )
-    return PolicyResource(resource_type, engine_props(inputs), urn, name, options, None, parent, [],
-                          dict(property_dependencies or {}))
+    return PolicyResource(
+        resource_type,
+        engine_props(inputs),
+        urn,
+        name,
+        options,
+        None,
+        parent,
+        [],
+        dict(property_dependencies or {}),
+    )
 
 
-def resource_args(resource: PolicyResource, config: Mapping[str, Any] | None = None) -> ResourceValidationArgs:
-    return ResourceValidationArgs(resource.resource_type, resource.props, resource.urn, resource.name,
-                                  resource.opts, resource.provider, dict(config or {}))
+def resource_args(
+    resource: PolicyResource, config: Mapping[str, Any] | None = None
+) -> ResourceValidationArgs:
+    return ResourceValidationArgs(
+        resource.resource_type,
+        resource.props,
+        resource.urn,
+        resource.name,
+        resource.opts,
+        resource.provider,
+        dict(config or {}),
+    )
 
 
 @dataclass(frozen=True)
@@ -85,8 +113,11 @@ class Violation:
 
     def describe(self) -> str:
         level = "mandatory" if self.mandatory else "advisory"
-        where = (f"{self.resource.resource_type} {self.resource.name!r} ({self.resource.urn})"
-                 if self.resource else "the stack")
+        where = (
+            f"{self.resource.resource_type} {self.resource.name!r} ({self.resource.urn})"
+            if self.resource
+            else "the stack"
+        )
         return f"[{level}] {self.policy}: {where}\n    {self.message}"
 
 
@@ -110,7 +141,11 @@ class PolicyReport:
 
 
 def _level(policy: Policy, overrides: Mapping[str, Any]) -> EnforcementLevel:
-    level = overrides.get(policy.name, {}).get("enforcementLevel") if isinstance(overrides.get(policy.name), Mapping) else None
+    level = (
+        overrides.get(policy.name, {}).get("enforcementLevel")
+        if isinstance(overrides.get(policy.name), Mapping)
+        else None
+    )
     if level:
         return EnforcementLevel(level)
     return policy.enforcement_level or EnforcementLevel.ADVISORY
@@ -125,8 +160,11 @@ async def _await(awaitable: Any) -> None:
     await awaitable
 
 
-def run_policies(resources: Sequence[PolicyResource], policies: Sequence[Policy],
-                 config: Mapping[str, Mapping[str, Any]] | None = None) -> PolicyReport:
+def run_policies(
+    resources: Sequence[PolicyResource],
+    policies: Sequence[Policy],
+    config: Mapping[str, Mapping[str, Any]] | None = None,
+) -> PolicyReport:
     """Every policy over every resource, as `pulumi preview --policy-pack` would.
 
     `config` has the shape of `--policy-pack-config`: policy name -> its properties (and
@@ -145,6 +183,7 @@ def run_policies(resources: Sequence[PolicyResource], policies: Sequence[Policy]
             def report_violation(message: str, urn: str | None = None) -> None:
                 resource = by_urn.get(urn) if urn else subject
                 report.violations.append(Violation(policy.name, level, message, resource))
+
             return report_violation
 
         def invoke(validate: Any, subject: str) -> None:
@@ -157,9 +196,13 @@ def run_policies(resources: Sequence[PolicyResource], policies: Sequence[Policy]
 
         if isinstance(policy, ResourceValidationPolicy):
             for resource in resources:
-                invoke(lambda: policy.validate(resource_args(resource, properties), reporter(resource)),
-                       resource.urn)
+                invoke(
+                    lambda: policy.validate(resource_args(resource, properties), reporter(resource)),
+                    resource.urn,
+                )
         elif isinstance(policy, StackValidationPolicy):
-            invoke(lambda: policy.validate(StackValidationArgs(list(resources), properties), reporter(None)),
-                   "the stack")
+            invoke(
+                lambda: policy.validate(StackValidationArgs(list(resources), properties), reporter(None)),
+                "the stack",
+            )
     return report

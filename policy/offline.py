@@ -23,12 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pulumi_policy import Policy, PolicyResource
 
 from policy.engine import PolicyReport, policy_resource, run_policies
-from policy.rules import BUDGET_KEY, POLICIES
-from serving.project_files import project_name
+from policy.rules import POLICIES
 
 SECRET_MARK = "[secret]"
 
@@ -56,23 +54,29 @@ def policy_resources(planned: Sequence[Any]) -> list[PolicyResource]:
         for key, value in record.inputs.items():
             leaves = _string_leaves(value)
             found = [
-                converted[urn] for urn in record.dependencies
+                converted[urn]
+                for urn in record.dependencies
                 if urn in converted and by_urn[urn].id and by_urn[urn].id in leaves
             ]
             if found:
                 dependencies[key] = found
         converted[record.urn] = policy_resource(
-            record.type, record.name, record.inputs, urn=record.urn,
+            record.type,
+            record.name,
+            record.inputs,
+            urn=record.urn,
             parent=converted.get(record.parent) if record.parent else None,
             property_dependencies=dependencies,
         )
         converted[record.urn].dependencies.extend(
-            converted[urn] for urn in record.dependencies if urn in converted)
+            converted[urn] for urn in record.dependencies if urn in converted
+        )
     return list(converted.values())
 
 
-def stack_policy_config(budget: Any, known_secrets: set[str],
-                        overrides: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+def stack_policy_config(
+    budget: Any, known_secrets: set[str], overrides: Mapping[str, Mapping[str, Any]] | None = None
+) -> dict[str, dict[str, Any]]:
     config: dict[str, dict[str, Any]] = {
         "no-secret-in-plain-config": {"knownSecretValues": sorted(known_secrets)},
     }
@@ -97,18 +101,27 @@ class StackRun:
 
 
 def run_stack(stack: str = "prod", overrides: Mapping[str, object] | None = None) -> StackRun:
-    """Run the program for `stack` (settings overridden by `overrides`) under Pulumi mocks."""
+    """Run the program for `stack` (settings overridden by `overrides`) under Pulumi mocks.
+
+    The program validates the configuration with the stack's one loader; the budget the pack
+    is configured with is the loader's value too, so it is what the program saw.
+    """
     from offline.program import run_program
+    from serving.config.settings import load_settings
 
     plan = run_program(stack, config=dict(overrides) if overrides else None)
     values = plan.config
-    budget = yaml.safe_load(values.get(f"{project_name()}:{BUDGET_KEY}", "null"))
+    budget = load_settings(values, plan.secret_config_keys).cost_budget_usd_per_hour
     known_secrets = {values[key] for key in plan.secret_config_keys if values.get(key)}
-    return StackRun(stack, plan, budget, known_secrets)
+    return StackRun(plan.stack, plan, budget, known_secrets)
 
 
-def check_plan(run: StackRun, *, policies: Sequence[Policy] = POLICIES,
-               policy_config: Mapping[str, Mapping[str, Any]] | None = None) -> PolicyReport:
+def check_plan(
+    run: StackRun,
+    *,
+    policies: Sequence[Policy] = POLICIES,
+    policy_config: Mapping[str, Mapping[str, Any]] | None = None,
+) -> PolicyReport:
     """Every policy over the run's resources (a test may alter `run.plan.resources` first)."""
     config = stack_policy_config(run.budget, run.known_secrets, policy_config)
     return run_policies(policy_resources(run.plan.resources), policies, config)
@@ -131,44 +144,58 @@ def format_report(report: PolicyReport, *, stack: str, resource_count: int, secr
     for name, reason in report.not_applicable:
         lines.append(f"[not applicable] {name}: {reason}")
     verdict = "FAILED" if report.mandatory else "passed"
-    lines.append(f"{len(report.mandatory)} mandatory violation(s), {len(report.advisory)} advisory: {verdict}")
+    lines.append(
+        f"{len(report.mandatory)} mandatory violation(s), {len(report.advisory)} advisory: {verdict}"
+    )
     return "\n".join(lines) + "\n"
-
-
-def _parse_set(pairs: Sequence[str]) -> dict[str, object]:
-    overrides: dict[str, object] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--set {pair!r}: write KEY=VALUE, e.g. --set replicas=2")
-        overrides[key] = yaml.safe_load(raw) if raw else ""
-    return overrides
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m policy.offline",
-        description="Run the policy pack over the stack's resources under Pulumi mocks (no cloud).")
-    parser.add_argument("--stack", default="prod", help="reads Pulumi.<stack>.yaml (default prod)")
-    parser.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a stack setting for this run, e.g. --set gpuNodeCount=2 (repeatable)")
-    parser.add_argument("--policy-config", type=Path,
-                        help="JSON as for `pulumi preview --policy-pack-config`: {policy: {property: value}}")
+        description="Run the policy pack over the stack's resources under Pulumi mocks (no cloud).",
+    )
+    parser.add_argument(
+        "--stack",
+        default="prod",
+        help="a stack name (Pulumi.<stack>.yaml) or the path of a stack file (default prod)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a stack setting for this run, e.g. --set gpuNodeCount=2 (repeatable)",
+    )
+    parser.add_argument(
+        "--policy-config",
+        type=Path,
+        help="JSON as for `pulumi preview --policy-pack-config`: {policy: {property: value}}",
+    )
     args = parser.parse_args(argv)
 
     # Imported here: the policies themselves need neither the program nor its settings.
-    from components.settings import SettingsError
+    from serving.config.project import parse_assignments, stack_file
+    from serving.config.settings import SettingsError
 
-    overrides = _parse_set(args.settings)
     policy_config = json.loads(args.policy_config.read_text()) if args.policy_config else None
+    try:
+        overrides = parse_assignments(args.settings)
+    except ValueError as error:
+        parser.error(str(error))
     try:
         run = run_stack(args.stack, overrides)
     except (SettingsError, FileNotFoundError) as error:
-        print(f"Pulumi.{args.stack}.yaml: {error}", file=sys.stderr)
+        print(f"{stack_file(args.stack).name}: {error}", file=sys.stderr)
         return 2
     report = check_plan(run, policy_config=policy_config)
-    print(format_report(report, stack=args.stack, resource_count=len(run.plan.resources),
-                        secret_values=run.known_secrets), end="")
+    print(
+        format_report(
+            report, stack=args.stack, resource_count=len(run.plan.resources), secret_values=run.known_secrets
+        ),
+        end="",
+    )
     return 1 if report.mandatory else 0
 
 

@@ -15,11 +15,12 @@ from typing import Any, TypeVar
 
 from pulumi_policy.proxy import UnknownValueError
 
-from serving import workload
-from serving.hardware import INSTANCE_TYPES
-from serving.runtime import OPTIONS_FILE_NAME
+from serving.runtime.hardware import INSTANCE_TYPES
+from serving.runtime.options import OPTIONS_FILE_NAME
+from serving.workload import manifests as workload
 
 T = TypeVar("T")
+D = TypeVar("D")
 
 GPU_RESOURCE = "nvidia.com/gpu"
 # The workload's names, from the code that writes them: the policies check that contract.
@@ -49,7 +50,7 @@ _POD_SPEC_PATHS: dict[str, tuple[str, ...]] = {
 WORKLOAD_TYPES = frozenset(_POD_SPEC_PATHS)
 
 
-def known(read: Callable[[], T], default: T) -> T:
+def known(read: Callable[[], T], default: D) -> T | D:
     """`read()`, or `default` when it touches a value unknown during preview."""
     try:
         return read()
@@ -113,6 +114,7 @@ def as_int(value: Any) -> int | None:
 
 
 # --- Pods and containers ---------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Container:
@@ -219,7 +221,9 @@ def is_gpu_instance_type(instance_type: Any) -> bool:
         return False
     if instance_type in INSTANCE_TYPES:
         return True
-    return bool(_NVIDIA_FAMILY.match(instance_type)) and not instance_type.startswith(_NON_NVIDIA_GPU_FAMILIES)
+    return bool(_NVIDIA_FAMILY.match(instance_type)) and not instance_type.startswith(
+        _NON_NVIDIA_GPU_FAMILIES
+    )
 
 
 def gpus_per_instance(instance_type: str) -> int | None:

@@ -59,14 +59,14 @@ from policy.resources import (
     known_values,
     metadata_name,
     namespace_of,
-    same_namespace,
     pod_labels,
     pod_spec,
+    same_namespace,
     secret_fragments,
     token_shape,
     usd_per_hour,
 )
-from serving.project_files import project_defaults, project_name
+from serving.config.project import project_defaults, project_name
 
 # The stack setting the budget comes from; when neither the policy config nor the stack config
 # gives one, its Pulumi.yaml default applies (one p5.48xlarge at about 55 USD an hour fits).
@@ -84,7 +84,10 @@ def _label(resource_type: str, name: str) -> str:
 
 # --- 1. GPU node groups carry the GPU taint --------------------------------------------------
 
-def _launch_template_for(node_group: PolicyResource, templates: list[PolicyResource]) -> PolicyResource | None:
+
+def _launch_template_for(
+    node_group: PolicyResource, templates: list[PolicyResource]
+) -> PolicyResource | None:
     """The launch template a node group uses: by property dependency (engine), else by id/name."""
     for dependency in node_group.property_dependencies.get("launchTemplate", []):
         if dependency.resource_type == LAUNCH_TEMPLATE:
@@ -101,7 +104,9 @@ def _launch_template_for(node_group: PolicyResource, templates: list[PolicyResou
 
 
 def node_group_instance_types(node_group: PolicyResource, templates: list[PolicyResource]) -> list[str]:
-    types = [t for t in known(lambda: as_list(node_group.props.get("instanceTypes")), []) if isinstance(t, str)]
+    types = [
+        t for t in known(lambda: as_list(node_group.props.get("instanceTypes")), []) if isinstance(t, str)
+    ]
     template = _launch_template_for(node_group, templates)
     if template is not None:
         template_type = known(lambda: template.props.get("instanceType"), None)
@@ -134,7 +139,7 @@ def validate_gpu_node_group_taint(args: StackValidationArgs, report_violation: R
             report_violation(
                 f"{_label(group.resource_type, group.name)} runs GPU instances but has no taint "
                 f"{{key: {GPU_RESOURCE}, effect: NO_SCHEDULE}}: any pod could land on a p5 node and "
-                "take its CPU and memory from the GPU servers. Add that taint (value \"true\") to "
+                'take its CPU and memory from the GPU servers. Add that taint (value "true") to '
                 "the node group's taints.",
                 group.urn,
             )
@@ -143,7 +148,7 @@ def validate_gpu_node_group_taint(args: StackValidationArgs, report_violation: R
 gpu_node_group_taint = StackValidationPolicy(
     name="gpu-node-group-tainted",
     description="A node group with NVIDIA GPUs (NVIDIA AMI or GPU instance type) carries the "
-                "nvidia.com/gpu NoSchedule taint.",
+    "nvidia.com/gpu NoSchedule taint.",
     validate=validate_gpu_node_group_taint,
     enforcement_level=EnforcementLevel.MANDATORY,
 )
@@ -151,7 +156,9 @@ gpu_node_group_taint = StackValidationPolicy(
 
 # --- 2. The server's GPU limit equals tensor x pipeline parallel size ------------------------
 
-_FLAG = re.compile(r"^--(?P<flag>tp_size|pp_size|tensor_parallel_size|pipeline_parallel_size)(?:=(?P<value>.*))?$")
+_FLAG = re.compile(
+    r"^--(?P<flag>tp_size|pp_size|tensor_parallel_size|pipeline_parallel_size)(?:=(?P<value>.*))?$"
+)
 _FLAG_ALIASES = {"tensor_parallel_size": "tp_size", "pipeline_parallel_size": "pp_size"}
 
 
@@ -187,17 +194,21 @@ def parallel_sizes_from_options(text: str) -> dict[str, int]:
     return sizes
 
 
-def _options_text_for(workload: PolicyResource, spec: Mapping[str, Any],
-                      config_maps: list[PolicyResource]) -> str | None:
+def _options_text_for(
+    workload: PolicyResource, spec: Mapping[str, Any], config_maps: list[PolicyResource]
+) -> str | None:
     """The options YAML of the ConfigMap a workload mounts, if one carries the options key."""
     namespace = namespace_of(workload.props)
     mounted = {
-        name for volume in as_list(spec.get("volumes"))
+        name
+        for volume in as_list(spec.get("volumes"))
         if isinstance(name := get_path(volume, "configMap", "name"), str)
     }
     candidates = [
-        cm for cm in config_maps
-        if same_namespace(namespace_of(cm.props), namespace) and isinstance(get_path(cm.props, "data", OPTIONS_FILE_KEY), str)
+        cm
+        for cm in config_maps
+        if same_namespace(namespace_of(cm.props), namespace)
+        and isinstance(get_path(cm.props, "data", OPTIONS_FILE_KEY), str)
     ]
     by_name = [cm for cm in candidates if metadata_name(cm.props) in mounted]
     # Auto-named ConfigMaps may show no name offline: one candidate in the namespace is the one.
@@ -205,7 +216,9 @@ def _options_text_for(workload: PolicyResource, spec: Mapping[str, Any],
     return get_path(chosen[0].props, "data", OPTIONS_FILE_KEY) if chosen else None
 
 
-def validate_gpu_limit_matches_parallelism(args: StackValidationArgs, report_violation: ReportViolation) -> None:
+def validate_gpu_limit_matches_parallelism(
+    args: StackValidationArgs, report_violation: ReportViolation
+) -> None:
     config_maps = [r for r in args.resources if r.resource_type == CONFIG_MAP]
     for workload in (r for r in args.resources if r.resource_type in WORKLOAD_TYPES):
         spec = known(lambda: pod_spec(workload.resource_type, workload.props), None)
@@ -239,13 +252,14 @@ def validate_gpu_limit_matches_parallelism(args: StackValidationArgs, report_vio
 gpu_limit_matches_parallelism = StackValidationPolicy(
     name="gpu-limit-matches-parallelism",
     description="The trtllm-serve container's nvidia.com/gpu limit equals tensor_parallel_size x "
-                "pipeline_parallel_size (options YAML over flags).",
+    "pipeline_parallel_size (options YAML over flags).",
     validate=validate_gpu_limit_matches_parallelism,
     enforcement_level=EnforcementLevel.MANDATORY,
 )
 
 
 # --- 3. Internet-facing load balancers only reach the API-key gateway -------------------------
+
 
 def load_balancer_exposure(props: Mapping[str, Any]) -> str | None:
     """'internet-facing', 'internal', or None when the Service is not a LoadBalancer."""
@@ -282,7 +296,8 @@ def validate_internet_facing_lb(args: StackValidationArgs, report_violation: Rep
         namespace = namespace_of(service.props)
         selector = known(lambda: dict(as_mapping(get_path(service.props, "spec", "selector"))), {})
         targets = [
-            w for w in workloads
+            w
+            for w in workloads
             if same_namespace(namespace_of(w.props), namespace)
             and known(lambda: _selects(selector, pod_labels(w.resource_type, w.props)), False)
         ]
@@ -291,7 +306,7 @@ def validate_internet_facing_lb(args: StackValidationArgs, report_violation: Rep
                 f"{label} is an internet-facing load balancer whose selector {selector} matches no "
                 f"workload of this stack, so nothing shows that an {GATEWAY_CONTAINER!r} API-key "
                 f"gateway guards it. Select the server pods and target their {GATEWAY_PORT_NAME!r} "
-                f"port, or make it internal ({LB_INTERNAL}: \"true\").",
+                f'port, or make it internal ({LB_INTERNAL}: "true").',
                 service.urn,
             )
             continue
@@ -304,7 +319,7 @@ def validate_internet_facing_lb(args: StackValidationArgs, report_violation: Rep
                     f"{_label(workload.resource_type, workload.name)}, whose pods have no "
                     f"{GATEWAY_CONTAINER!r} container with a port named {GATEWAY_PORT_NAME!r}: "
                     "trtllm-serve has no authentication of its own. Add the API-key gateway "
-                    f"sidecar or make the load balancer internal ({LB_INTERNAL}: \"true\").",
+                    f'sidecar or make the load balancer internal ({LB_INTERNAL}: "true").',
                     service.urn,
                 )
                 continue
@@ -324,13 +339,14 @@ def validate_internet_facing_lb(args: StackValidationArgs, report_violation: Rep
 internet_facing_lb_requires_api_key = StackValidationPolicy(
     name="internet-facing-lb-requires-api-key",
     description="An internet-facing LoadBalancer Service sends traffic only to the 'gateway' port "
-                "of pods that run the 'api-gateway' API-key sidecar.",
+    "of pods that run the 'api-gateway' API-key sidecar.",
     validate=validate_internet_facing_lb,
     enforcement_level=EnforcementLevel.MANDATORY,
 )
 
 
 # --- 4. No secret value in ConfigMaps, env literals or arguments -----------------------------
+
 
 @dataclass(frozen=True)
 class _PlainText:
@@ -361,8 +377,11 @@ def _plain_texts(resource: PolicyResource) -> Iterable[_PlainText]:
             env = as_mapping(env)
             value = known(lambda: env.get("value"), None)
             if isinstance(value, str):
-                yield _PlainText(f"container {container.name!r} env {env.get('name')!r}", value,
-                                 env_name=str(env.get("name", "")))
+                yield _PlainText(
+                    f"container {container.name!r} env {env.get('name')!r}",
+                    value,
+                    env_name=str(env.get("name", "")),
+                )
 
 
 def _k8s_secret_values(resource: PolicyResource) -> list[str]:
@@ -435,7 +454,7 @@ def validate_no_plain_secrets(args: StackValidationArgs, report_violation: Repor
 no_plain_secrets = StackValidationPolicy(
     name="no-secret-in-plain-config",
     description="No secret value (a Secret's value, a stack secret, or a token shape: hf_..., "
-                "Bearer ..., AWS keys) in a ConfigMap, an env literal or a container argument.",
+    "Bearer ..., AWS keys) in a ConfigMap, an env literal or a container argument.",
     validate=validate_no_plain_secrets,
     enforcement_level=EnforcementLevel.MANDATORY,
     config_schema=PolicyConfigSchema(
@@ -446,6 +465,7 @@ no_plain_secrets = StackValidationPolicy(
 
 # --- 5. IMDSv2 required on nodes -------------------------------------------------------------
 
+
 def validate_imdsv2_required(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
     if args.resource_type not in (LAUNCH_TEMPLATE, EC2_INSTANCE):
         return
@@ -455,7 +475,7 @@ def validate_imdsv2_required(args: ResourceValidationArgs, report_violation: Rep
         report_violation(
             f"{_label(args.resource_type, args.name)}: metadataOptions.httpTokens is {shown}. "
             "With IMDSv1 any process that can make an HTTP request (an SSRF in a pod) reads the "
-            "node role's credentials; set metadataOptions.httpTokens to \"required\".",
+            'node role\'s credentials; set metadataOptions.httpTokens to "required".',
             None,
         )
 
@@ -469,6 +489,7 @@ imdsv2_required = ResourceValidationPolicy(
 
 
 # --- 6. Every container image pinned ----------------------------------------------------------
+
 
 def validate_images_pinned(args: ResourceValidationArgs, report_violation: ReportViolation) -> None:
     spec = pod_spec(args.resource_type, args.props)
@@ -495,6 +516,7 @@ images_pinned = ResourceValidationPolicy(
 
 
 # --- 7. Advisory: GPU nodes within the hourly budget -----------------------------------------
+
 
 @dataclass(frozen=True)
 class GpuNodeGroupCapacity:
@@ -527,7 +549,7 @@ def _stack_config_budget() -> int | None:
         import pulumi
 
         return pulumi.Config(project_name()).get_int(BUDGET_KEY)
-    except Exception:  # noqa: BLE001 - no runtime config (tests, offline): fall back to the default
+    except Exception:
         return None
 
 
@@ -548,7 +570,7 @@ def validate_cost_budget(args: StackValidationArgs, report_violation: ReportViol
         if price is None:
             report_violation(
                 f"{_label(group.resource.resource_type, group.resource.name)}: no checked on-demand "
-                f"price for {group.instance_type} in serving/hardware.py, so its cost is not counted "
+                f"price for {group.instance_type} in serving/runtime/hardware.py, so its cost is not counted "
                 "against the budget; add the price there.",
                 group.resource.urn,
             )
@@ -577,6 +599,7 @@ cost_budget = StackValidationPolicy(
 
 # --- 8. Advisory: GPU replicas fit on the GPU nodes ------------------------------------------
 
+
 def _pod_gpus(workload: PolicyResource) -> int:
     spec = pod_spec(workload.resource_type, workload.props) or {}
     return sum(c.gpu_limit or 0 for c in containers(spec) if not c.init)
@@ -589,13 +612,18 @@ def validate_replicas_fit(args: StackValidationArgs, report_violation: ReportVio
     uncounted = sorted({g.instance_type for g in groups if g.gpus is None})
     if uncounted:
         # Guessing would warn about capacity that may well be there.
-        args.not_applicable(f"GPUs per instance of {', '.join(uncounted)} are not in serving/hardware.py")
+        args.not_applicable(
+            f"GPUs per instance of {', '.join(uncounted)} are not in serving/runtime/hardware.py"
+        )
     capacity = sum(g.gpus or 0 for g in groups)
     largest_node = max((gpus_per_instance(g.instance_type) or 0) for g in groups)
     needed = 0
     parts: list[str] = []
-    for workload in (r for r in args.resources if r.resource_type in ("kubernetes:apps/v1:Deployment",
-                                                                      "kubernetes:apps/v1:StatefulSet")):
+    for workload in (
+        r
+        for r in args.resources
+        if r.resource_type in ("kubernetes:apps/v1:Deployment", "kubernetes:apps/v1:StatefulSet")
+    ):
         per_pod = known(lambda: _pod_gpus(workload), 0)
         if per_pod == 0:
             continue

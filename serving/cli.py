@@ -6,7 +6,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from serving import bench, render, smoke
+from serving import render
+from serving.client import bench, smoke
+from serving.config import reference
 
 # Each module exposes `register(subparsers)`, which adds its sub-command and sets `func`,
 # a callable taking the parsed arguments and returning the exit code.
@@ -14,6 +16,7 @@ COMMAND_MODULES = (
     render,
     smoke,
     bench,
+    reference,
 )
 
 

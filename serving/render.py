@@ -1,7 +1,7 @@
 """`python -m serving render`: the command line, options file and capacity table of a stack.
 
-Reads the serving keys of `Pulumi.yaml` (defaults) and `Pulumi.<stack>.yaml` directly, so it runs
-without Pulumi; the Pulumi program validates the same keys through the same `build_runtime`.
+Runs without Pulumi or a cloud: the stack file goes through the same loader as the program
+(`serving.config.settings.load_settings`), so render accepts and refuses what `pulumi up` would.
 """
 
 from __future__ import annotations
@@ -9,17 +9,15 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
-from typing import Any
+import sys
 
-
-from serving.capacity import plan_capacity, render_capacity_table
-from serving.hardware import INSTANCE_TYPES
-from serving.project_files import project_defaults, project_name, stack_config
-from serving.runtime import (
+from serving.client.bench import DEFAULT_INPUT_TOKENS, DEFAULT_OUTPUT_TOKENS
+from serving.config.project import assemble_config, parse_assignments
+from serving.config.settings import PROJECT, SettingsError, load_settings
+from serving.runtime.capacity import plan_capacity, render_capacity_table
+from serving.runtime.options import (
     OPTIONS_FILE_NAME,
-    RuntimeConfigError,
     ServingRuntime,
-    build_runtime,
     merge_options,
     render_options_yaml,
     render_serve_args,
@@ -28,52 +26,44 @@ from serving.runtime import (
 OPTIONS_MOUNT_PATH = f"/etc/trtllm/{OPTIONS_FILE_NAME}"
 
 
-def stack_serving_values(stack: str | None) -> dict[str, Any]:
-    """The serving keys for a stack: Pulumi.yaml defaults, then the stack file's values."""
-    values = project_defaults()
-    if stack:
-        prefix = f"{project_name()}:"
-        for key, value in stack_config(stack).items():
-            if key.startswith(prefix):
-                values[key.removeprefix(prefix)] = value
-    return values
-
-
-def runtime_for(values: dict[str, Any]) -> ServingRuntime:
-    instance = INSTANCE_TYPES.get(values["gpuInstanceType"])
-    if instance is None:
-        raise RuntimeConfigError([
-            f"gpuInstanceType = {values['gpuInstanceType']!r}: use one of {', '.join(INSTANCE_TYPES)}"
-        ])
-    return build_runtime(
-        values.get("trtllmOptions") or {},
-        model=values["model"],
-        image=values["trtllmImage"],
-        gpu=instance.gpu,
-        gpus_per_replica=int(values["gpusPerReplica"]),
-    )
-
-
 def render_report(runtime: ServingRuntime) -> str:
     command = shlex.join(render_serve_args(runtime, OPTIONS_MOUNT_PATH))
+    capacity = plan_capacity(
+        runtime, typical_input_tokens=DEFAULT_INPUT_TOKENS, typical_output_tokens=DEFAULT_OUTPUT_TOKENS
+    )
     return (
         f"## Command line ({runtime.image})\n\n```sh\n{command}\n```\n\n"
         f"## {OPTIONS_MOUNT_PATH}\n\n```yaml\n{render_options_yaml(runtime)}```\n\n"
-        f"## Capacity per replica\n\n{render_capacity_table(plan_capacity(runtime))}"
+        f"## Capacity per replica\n\n{render_capacity_table(capacity)}"
     )
+
+
+def stack_runtime(
+    stack: str, overrides: dict[str, object], options: dict[str, object] | None
+) -> ServingRuntime:
+    """The runtime of `stack` with `--set` overrides and `--options` merged over trtllmOptions."""
+    _, config, secret_keys = assemble_config(stack, overrides)
+    if options:
+        key = f"{PROJECT}:trtllmOptions"
+        current = json.loads(config.get(key) or "{}")
+        config[key] = json.dumps(merge_options(current if isinstance(current, dict) else {}, options))
+    return load_settings(config, secret_keys).serving.runtime
 
 
 def _run(args: argparse.Namespace) -> int:
     try:
-        values = stack_serving_values(args.stack)
-        if args.options:
-            values["trtllmOptions"] = merge_options(values.get("trtllmOptions") or {}, json.loads(args.options))
-        runtime = runtime_for(values)
-    except (RuntimeConfigError, FileNotFoundError) as error:
-        print(f"error: {error}")
-        return 2
+        overrides = parse_assignments(args.settings)
+        options = json.loads(args.options) if args.options else None
     except json.JSONDecodeError as error:
-        print(f"error: --options is not JSON: {error}")
+        print(f"error: --options is not JSON: {error}", file=sys.stderr)
+        return 2
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
+        runtime = stack_runtime(args.stack, overrides, options)
+    except (SettingsError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
         return 2
     print(render_report(runtime), end="")
     return 0
@@ -81,8 +71,23 @@ def _run(args: argparse.Namespace) -> int:
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "render", help="print the trtllm-serve command, its options file and the capacity table",
+        "render",
+        help="print the trtllm-serve command, its options file and the capacity table",
     )
-    parser.add_argument("--stack", help="read Pulumi.<stack>.yaml over the Pulumi.yaml defaults")
-    parser.add_argument("--options", help='JSON merged over the stack\'s trtllmOptions, e.g. \'{"max_batch_size": 32}\'')
+    parser.add_argument(
+        "--stack",
+        default="prod",
+        help="a stack name (Pulumi.<stack>.yaml) or the path of a stack file (default prod)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a stack setting, e.g. --set replicas=2 (repeatable)",
+    )
+    parser.add_argument(
+        "--options", help="JSON merged over the stack's trtllmOptions, e.g. '{\"max_batch_size\": 32}'"
+    )
     parser.set_defaults(func=_run)

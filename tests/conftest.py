@@ -10,14 +10,14 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from openai_server import OpenAIServer, start_server  # noqa: E402
+from tests.support.openai_server import OpenAIServer, start_server
 
 
 @pytest.fixture(scope="session")
 def openai_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenAIServer]:
     """A real OpenAI-compatible server (`transformers serve`) on 127.0.0.1, one per test session.
 
-    Yields `tests/openai_server.py:OpenAIServer` with:
+    Yields `tests/support/openai_server.py:OpenAIServer` with:
       - `base_url`: root URL without `/v1` (e.g. `http://127.0.0.1:41234`); `/health` is there,
         the API under `base_url + "/v1"` (also `api_base`);
       - `model`: the name to send and that `/v1/models` lists (`tiny/chat`);

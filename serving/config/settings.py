@@ -1,0 +1,600 @@
+"""The stack's configuration, read by one loader and validated in one place.
+
+`load_settings(config, secret_keys)` is the only way in. It takes the configuration as the
+Pulumi engine hands it to a program (full keys such as `gpt-oss-trtllm:replicas`, values as
+strings, objects as JSON) and either returns `StackSettings` or raises `SettingsError` listing
+every problem at once, each naming the key, the value and what would work. The Pulumi program,
+`make plan`, `python -m serving render` and the offline policy runner all call it, so one stack
+file gets the same settings and the same refusals everywhere.
+
+Two steps:
+  1. `StackConfig`, a pydantic model with one field per key that `Pulumi.yaml` declares: types,
+     ranges and choices per key, unknown keys refused (pydantic collects every field's error in
+     one pass and forbids extra keys, which a hand-written reader had to re-implement);
+  2. `_derive`, the checks that span several keys (GPUs for the replicas, a Capacity Block's
+     zone, the API endpoint's exposure), and the grouped settings the components take.
+
+Secret values never enter here: `secret_keys` says which keys are secret, and only their
+presence is looked at. The program reads their values as Pulumi secrets (components/config.py).
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import json
+import re
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from serving.config.project import declared_config, project_name
+from serving.runtime.hardware import GPT_OSS_120B, INSTANCE_TYPES, MODELS, InstanceType
+from serving.runtime.options import RuntimeConfigError, ServingRuntime, build_runtime
+from serving.workload.manifests import replica_resources
+
+PROJECT = project_name()
+
+AMI_TYPES = ("AL2023_x86_64_NVIDIA", "BOTTLEROCKET_x86_64_NVIDIA")
+CAPACITY_TYPES = ("ON_DEMAND", "SPOT", "CAPACITY_BLOCK")
+ENDPOINT_SCHEMES = ("internal", "internet-facing")
+# EKS standard-support versions when this was written; extend as AWS releases more.
+KUBERNETES_VERSIONS = ("1.32", "1.33", "1.34", "1.35")
+# Below these a replica of gpt-oss-120b cannot load (tokenizer workers, the checkpoint in RAM).
+MIN_SERVER_CPU = 4
+MIN_SERVER_MEMORY_GIB = 96
+# Keys whose values are secrets: read with get_secret, never unwrapped by the program.
+SECRET_KEYS = ("hfAccessToken", "kubeconfig")
+MAX_GPU_NODES = 64
+
+
+class SettingsError(ValueError):
+    """Every problem in the stack's configuration, one line each."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid stack configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+# --- Step 1: each key on its own -------------------------------------------------------------
+# Each validator raises ValueError with the text that follows "<key> = <value>: " in the error.
+
+
+def _whole_number(minimum: int, maximum: int | None = None) -> BeforeValidator:
+    bound = f"from {minimum} to {maximum}" if maximum is not None else f"at least {minimum}"
+
+    def check(value: Any) -> int:
+        if isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value):
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected a whole number {bound}")
+        if value < minimum or (maximum is not None and value > maximum):
+            raise ValueError(f"expected a whole number {bound}")
+        return value
+
+    return BeforeValidator(check)
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    if not isinstance(value, bool):
+        raise ValueError("expected true or false")
+    return value
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected a string")
+    return value
+
+
+def _one_of(*choices: str) -> AfterValidator:
+    def check(value: str) -> str:
+        if value not in choices:
+            raise ValueError("use one of " + ", ".join(choices))
+        return value
+
+    return AfterValidator(check)
+
+
+def _decoded(value: Any) -> Any:
+    """Arrays and mappings reach a program as JSON text; typed callers pass them decoded."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def _list(example: str) -> BeforeValidator:
+    def check(value: Any) -> list[Any]:
+        value = _decoded(value)
+        if value is None:
+            return []
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"expected a list, e.g. {example}")
+        return list(value)
+
+    return BeforeValidator(check)
+
+
+def _cidr(value: Any) -> str:
+    try:
+        ipaddress.ip_network(value)
+    except (TypeError, ValueError):
+        raise ValueError("not a CIDR; write it as a.b.c.d/n, e.g. 10.0.0.0/8") from None
+    return str(value)
+
+
+def _string_map(value: Any) -> dict[str, str]:
+    value = _decoded(value)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise ValueError('expected a map of strings, e.g. {"nvidia.com/gpu.present": "true"}')
+    return dict(value)
+
+
+def _options(value: Any) -> dict[str, Any]:
+    value = _decoded(value)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValueError("expected a mapping of TensorRT-LLM option names to values")
+    return dict(value)
+
+
+def _vpc_block(value: str) -> str:
+    try:
+        network = ipaddress.ip_network(value)
+    except ValueError:
+        raise ValueError("not a CIDR; e.g. 10.42.0.0/16") from None
+    if network.prefixlen > 20:
+        raise ValueError(
+            "use a /20 or larger block (e.g. 10.42.0.0/16) so that every zone gets public and "
+            "private subnets with room for pods"
+        )
+    return value
+
+
+def _cluster_name(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9-]{0,37}", value):
+        raise ValueError("use letters, digits and hyphens, starting with a letter, at most 38 characters")
+    return value
+
+
+def _role_arn(value: str) -> str:
+    if not re.fullmatch(r"arn:aws[a-z-]*:iam::\d{12}:role/.+", value):
+        raise ValueError("expected an IAM role ARN, arn:aws:iam::<account>:role/<name>")
+    return value
+
+
+def _namespace(value: str) -> str:
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", value):
+        raise ValueError("a Kubernetes namespace: lower-case letters, digits and hyphens")
+    return value
+
+
+def _host_path(value: str) -> str:
+    if not value.startswith("/") or value.rstrip("/") in ("", "/etc", "/var", "/usr"):
+        raise ValueError("an absolute directory on the node's local NVMe, e.g. /mnt/k8s-disks/0/huggingface")
+    return value
+
+
+def _gpu_instance_type(value: str) -> str:
+    if value not in INSTANCE_TYPES:
+        raise ValueError("not a known GPU instance type; use one of " + ", ".join(INSTANCE_TYPES))
+    return value
+
+
+def _known_model(value: str) -> str:
+    if value not in MODELS:
+        raise ValueError("this stack knows the facts of " + ", ".join(MODELS) + " only")
+    return value
+
+
+Text = Annotated[str, BeforeValidator(_text)]
+Flag = Annotated[bool, BeforeValidator(_flag)]
+Cidrs = Annotated[list[Annotated[str, AfterValidator(_cidr)]], _list('["10.0.0.0/8"]')]
+RoleArns = Annotated[
+    list[Annotated[Text, AfterValidator(_role_arn)]], _list('["arn:aws:iam::<account>:role/<name>"]')
+]
+
+
+class StackConfig(BaseModel):
+    """One field per non-secret key of Pulumi.yaml, named as the key is (camelCase aliases)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=False)
+
+    cluster_name: Annotated[Text, AfterValidator(_cluster_name)] = Field(alias="clusterName")
+    kubernetes_version: Annotated[Text, _one_of(*KUBERNETES_VERSIONS)] = Field(alias="kubernetesVersion")
+    vpc_cidr: Annotated[Text, AfterValidator(_vpc_block)] = Field(alias="vpcCidr")
+    availability_zone_count: Annotated[int, _whole_number(2, 6)] = Field(alias="availabilityZoneCount")
+    cluster_admin_role_arns: RoleArns = Field(alias="clusterAdminRoleArns")
+    cluster_api_public_cidrs: Cidrs = Field(alias="clusterApiPublicCidrs")
+    cluster_api_private_only: Flag = Field(alias="clusterApiPrivateOnly")
+    gpu_instance_type: Annotated[Text, AfterValidator(_gpu_instance_type)] = Field(alias="gpuInstanceType")
+    gpu_node_count: Annotated[int, _whole_number(1, MAX_GPU_NODES)] = Field(alias="gpuNodeCount")
+    gpu_ami_type: Annotated[Text, _one_of(*AMI_TYPES)] = Field(alias="gpuAmiType")
+    gpu_capacity_type: Annotated[Text, _one_of(*CAPACITY_TYPES)] = Field(alias="gpuCapacityType")
+    capacity_reservation_id: Text = Field(alias="capacityReservationId")
+    capacity_reservation_zone: Text = Field(alias="capacityReservationZone")
+    gpu_root_volume_gib: Annotated[int, _whole_number(100, 2000)] = Field(alias="gpuRootVolumeGiB")
+    system_instance_type: Text = Field(alias="systemInstanceType")
+    system_node_count: Annotated[int, _whole_number(1, 10)] = Field(alias="systemNodeCount")
+    allow_unlisted_region: Flag = Field(alias="allowUnlistedRegion")
+    gpu_node_selector: Annotated[dict[str, str], BeforeValidator(_string_map)] = Field(
+        alias="gpuNodeSelector"
+    )
+    # 0 sizes from the node type; the upper bound depends on it and is checked in step 2.
+    server_cpu: Annotated[int, _whole_number(0)] = Field(alias="serverCpu")
+    server_memory_gib: Annotated[int, _whole_number(0)] = Field(alias="serverMemoryGiB")
+    namespace: Annotated[Text, AfterValidator(_namespace)] = Field(alias="namespace")
+    replicas: Annotated[int, _whole_number(1, 64)] = Field(alias="replicas")
+    gpus_per_replica: Annotated[int, _whole_number(1, 8)] = Field(alias="gpusPerReplica")
+    model: Annotated[Text, AfterValidator(_known_model)] = Field(alias="model")
+    trtllm_image: Text = Field(alias="trtllmImage")
+    trtllm_options: Annotated[dict[str, Any], BeforeValidator(_options)] = Field(alias="trtllmOptions")
+    startup_timeout_minutes: Annotated[int, _whole_number(40, 240)] = Field(alias="startupTimeoutMinutes")
+    weights_host_path: Annotated[Text, AfterValidator(_host_path)] = Field(alias="weightsHostPath")
+    endpoint_scheme: Annotated[Text, _one_of(*ENDPOINT_SCHEMES)] = Field(alias="endpointScheme")
+    endpoint_source_ranges: Cidrs = Field(alias="endpointSourceRanges")
+    hf_token_in_secrets_manager: Flag = Field(alias="hfTokenInSecretsManager")
+    cost_budget_usd_per_hour: Annotated[int, _whole_number(0)] = Field(alias="costBudgetUsdPerHour")
+
+
+def config_keys() -> set[str]:
+    """Every key the model reads, as written in Pulumi.yaml (its fields' aliases)."""
+    return {f.alias or name for name, f in StackConfig.model_fields.items()}
+
+
+# --- The grouped settings the components take ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NetworkSettings:
+    vpc_cidr: str
+    availability_zone_count: int
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    name: str
+    kubernetes_version: str
+    admin_role_arns: tuple[str, ...]
+    api_public_access_cidrs: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class GpuNodeSettings:
+    instance: InstanceType
+    node_count: int
+    ami_type: str
+    capacity_type: str
+    capacity_reservation_id: str | None
+    capacity_reservation_zone: str | None
+    root_volume_gib: int
+    labels: dict[str, str]
+
+    @property
+    def total_gpus(self) -> int:
+        return self.instance.gpus * self.node_count
+
+
+@dataclass(frozen=True)
+class SystemNodeSettings:
+    instance_type: str
+    node_count: int
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    namespace: str
+    replicas: int
+    runtime: ServingRuntime
+    # CPU cores and memory GiB per replica; derived from the GPU instance type unless set.
+    server_cpu: int
+    server_memory_gib: int
+    startup_timeout_minutes: int
+    weights_host_path: str
+    gpu_node_selector: dict[str, str]
+    hf_token_in_secrets_manager: bool
+
+
+@dataclass(frozen=True)
+class EndpointSettings:
+    scheme: str
+    source_ranges: tuple[str, ...]
+
+    @property
+    def internet_facing(self) -> bool:
+        return self.scheme == "internet-facing"
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    """Everything the program needs; `existing_cluster` decides which half of it is used."""
+
+    region: str | None
+    existing_cluster: bool  # a kubeconfig was given: no VPC, cluster or node groups are created
+    network: NetworkSettings
+    cluster: ClusterSettings
+    gpu_nodes: GpuNodeSettings
+    system_nodes: SystemNodeSettings
+    serving: ServingSettings
+    endpoint: EndpointSettings
+    cost_budget_usd_per_hour: int
+
+
+# --- The loader ------------------------------------------------------------------------------
+
+
+def _key(name: str) -> str:
+    return f"{PROJECT}:{name}"
+
+
+def _project_values(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The project's keys without prefix, Pulumi.yaml defaults under what the stack sets.
+
+    The CLI applies those defaults itself; applying them here too keeps every caller equal.
+    """
+    values = {
+        key: spec["default"]
+        for key, spec in declared_config().items()
+        if isinstance(spec, dict) and "default" in spec and key not in SECRET_KEYS
+    }
+    prefix = f"{PROJECT}:"
+    for key, value in config.items():
+        if key.startswith(prefix) and key.removeprefix(prefix) not in SECRET_KEYS:
+            values[key.removeprefix(prefix)] = value
+    return values
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    """One pydantic error as "<key>[ = <value>]: <what would work>"."""
+    key = str(error["loc"][0])
+    if error["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(key, sorted(config_keys() | set(SECRET_KEYS)), n=1)
+        hint = f"did you mean {close[0]}?" if close else "see docs/configuration.md for the settings"
+        return f"{_key(key)} = {error['input']!r}: unknown setting ({hint})"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{_key(key)} = {error['input']!r}: {message}"
+
+
+def load_settings(config: Mapping[str, Any], secret_keys: Collection[str] = ()) -> StackSettings:
+    """Validate a stack's configuration before anything is registered.
+
+    `config`: full keys (`<project>:<key>`, `aws:region`) to values, as strings the way the
+    engine passes them, or already decoded. `secret_keys`: which full keys hold secrets; their
+    values are ignored here (only whether they are set counts).
+    """
+    present = {key.removeprefix(f"{PROJECT}:") for key in secret_keys if config.get(key) not in (None, "")}
+    values = _project_values(config)
+    region = config.get("aws:region") or None
+    problems: list[str] = []
+    try:
+        stack = StackConfig.model_validate(values)
+    except ValidationError as error:
+        problems = [_describe(e) for e in error.errors()]
+        # Keys that failed take their defaults, so the cross-key checks below still run and
+        # every problem is reported at once; a cross-key problem about a failed key is dropped.
+        failed = {str(e["loc"][0]) for e in error.errors()}
+        defaults = _project_values({})
+        stack = StackConfig.model_validate(
+            {
+                k: v
+                for k, v in {**values, **{k: defaults[k] for k in failed if k in defaults}}.items()
+                if k in config_keys()
+            }
+        )
+        problems += [
+            p
+            for p in _derive(stack, region, present)[1]
+            if not any(p.startswith(f"{_key(k)} ") for k in failed)
+        ]
+        raise SettingsError(problems) from None
+    settings, problems = _derive(stack, region, present)
+    if problems or settings is None:
+        raise SettingsError(problems)
+    return settings
+
+
+def _derive(
+    stack: StackConfig, region: str | None, secrets_present: Collection[str]
+) -> tuple[StackSettings | None, list[str]]:
+    """The checks that span several keys, and the grouped settings; (settings, problems)."""
+    problems: list[str] = []
+
+    def fail(key: str, value: Any, expected: str) -> None:
+        problems.append(f"{_key(key)} = {value!r}: {expected}")
+
+    existing_cluster = "kubeconfig" in secrets_present
+    if "hfAccessToken" not in secrets_present:
+        problems.append(
+            f"{_key('hfAccessToken')} is not set: run "
+            "`pulumi config set --secret hfAccessToken hf_...` (a Hugging Face token that can "
+            "read openai/gpt-oss-120b); it must be a secret, never plain text"
+        )
+
+    public_cidrs = tuple(stack.cluster_api_public_cidrs)
+    if not existing_cluster and stack.cluster_api_private_only and public_cidrs:
+        fail(
+            "clusterApiPublicCidrs",
+            list(public_cidrs),
+            "must be empty with clusterApiPrivateOnly true; remove one of the two settings",
+        )
+    if not existing_cluster and not stack.cluster_api_private_only and not public_cidrs:
+        # A private-only endpoint cannot work on the first `pulumi up`: nothing inside the new
+        # VPC exists yet to deploy the workload. Public access is a choice the stack must state.
+        fail(
+            "clusterApiPublicCidrs",
+            [],
+            "pulumi up must reach the new cluster's Kubernetes API to deploy the workload; "
+            "list the egress CIDRs of your CI runners and operators (IAM authentication "
+            'still applies), or ["0.0.0.0/0"] for any address; for a stack deployed from '
+            "inside the VPC, set clusterApiPrivateOnly true instead",
+        )
+
+    instance = INSTANCE_TYPES[stack.gpu_instance_type]
+    if (
+        not existing_cluster
+        and region is not None
+        and region not in instance.regions
+        and not stack.allow_unlisted_region
+    ):
+        problems.append(
+            f"aws:region = {region!r}: {instance.name} is not offered there as far as "
+            f"serving/runtime/hardware.py knows; use one of {', '.join(sorted(instance.regions))}, "
+            f"or set {_key('allowUnlistedRegion')} true if AWS added it since"
+        )
+
+    reservation_id = stack.capacity_reservation_id or None
+    reservation_zone = stack.capacity_reservation_zone or None
+    if stack.gpu_capacity_type == "CAPACITY_BLOCK":
+        if not reservation_id or not re.fullmatch(r"cr-[0-9a-f]{8,17}", reservation_id):
+            fail(
+                "capacityReservationId",
+                reservation_id or "",
+                "CAPACITY_BLOCK needs the Capacity Block's reservation id, cr-<hex>",
+            )
+        if not reservation_zone or not region or not reservation_zone.startswith(region):
+            fail(
+                "capacityReservationZone",
+                reservation_zone or "",
+                f"CAPACITY_BLOCK needs the reservation's availability zone in {region}, "
+                f"e.g. {region or 'us-east-1'}a",
+            )
+    elif reservation_id:
+        fail(
+            "capacityReservationId",
+            reservation_id,
+            "only used with gpuCapacityType CAPACITY_BLOCK; remove it or set that capacity type",
+        )
+
+    gpu_nodes = GpuNodeSettings(
+        instance=instance,
+        node_count=stack.gpu_node_count,
+        ami_type=stack.gpu_ami_type,
+        capacity_type=stack.gpu_capacity_type,
+        capacity_reservation_id=reservation_id,
+        capacity_reservation_zone=reservation_zone,
+        root_volume_gib=stack.gpu_root_volume_gib,
+        labels=dict(stack.gpu_node_selector),
+    )
+
+    runtime = None
+    try:
+        runtime = build_runtime(
+            stack.trtllm_options,
+            model=stack.model,
+            image=stack.trtllm_image,
+            gpu=instance.gpu,
+            gpus_per_replica=stack.gpus_per_replica,
+        )
+    except RuntimeConfigError as error:
+        for problem in error.problems:
+            # The runtime names its own inputs; the image and model come from their own keys.
+            if problem.startswith("image = "):
+                problems.append(f"{_key('trtllmImage')} = {problem.removeprefix('image = ')}")
+            else:
+                problems.append(f"{_key('trtllmOptions')}: {problem}")
+
+    replicas = stack.replicas
+    gpus_per_replica = stack.gpus_per_replica
+    if gpus_per_replica > instance.gpus:
+        fail(
+            "gpusPerReplica",
+            gpus_per_replica,
+            f"a replica runs on one node, and {instance.name} has {instance.gpus} GPUs",
+        )
+    elif not existing_cluster and replicas * gpus_per_replica > gpu_nodes.total_gpus:
+        needed = replicas * gpus_per_replica
+        per_node = instance.gpus // gpus_per_replica
+        fail(
+            "replicas",
+            replicas,
+            f"{replicas} replicas x {gpus_per_replica} GPUs = {needed} GPUs, but "
+            f"{gpu_nodes.node_count} x {instance.name} have {gpu_nodes.total_gpus}; use at most "
+            f"{gpu_nodes.node_count * per_node} replicas or raise gpuNodeCount "
+            f"to {-(-replicas // per_node)}",
+        )
+
+    source_ranges = tuple(stack.endpoint_source_ranges)
+    if stack.endpoint_scheme == "internet-facing" and not source_ranges:
+        fail(
+            "endpointSourceRanges",
+            [],
+            "an internet-facing endpoint needs an explicit list of allowed CIDRs "
+            '(write ["0.0.0.0/0"] to accept the whole internet, behind the API key)',
+        )
+    if not source_ranges and not existing_cluster:
+        source_ranges = (stack.vpc_cidr,)
+    if not source_ranges and existing_cluster:
+        fail(
+            "endpointSourceRanges",
+            [],
+            "with an existing cluster, list the CIDRs that may reach the endpoint (e.g. your VPC CIDR)",
+        )
+
+    server_cpu, server_memory_gib = replica_resources(instance, gpus_per_replica)
+    if stack.server_cpu > instance.vcpus:
+        fail("serverCpu", stack.server_cpu, f"expected a whole number from 0 to {instance.vcpus}")
+    elif 0 < stack.server_cpu < MIN_SERVER_CPU:
+        fail(
+            "serverCpu",
+            stack.server_cpu,
+            f"use at least {MIN_SERVER_CPU} cores (or 0 to size from gpuInstanceType)",
+        )
+    if stack.server_memory_gib > instance.memory_gib:
+        fail(
+            "serverMemoryGiB",
+            stack.server_memory_gib,
+            f"expected a whole number from 0 to {instance.memory_gib}",
+        )
+    elif 0 < stack.server_memory_gib < MIN_SERVER_MEMORY_GIB:
+        fail(
+            "serverMemoryGiB",
+            stack.server_memory_gib,
+            f"use at least {MIN_SERVER_MEMORY_GIB} GiB: the "
+            f"{GPT_OSS_120B.checkpoint_bytes / 2**30:.0f} GiB checkpoint passes through host "
+            "memory while loading (or 0 to size from gpuInstanceType)",
+        )
+
+    if problems or runtime is None:
+        return None, problems
+    return StackSettings(
+        region=region,
+        existing_cluster=existing_cluster,
+        network=NetworkSettings(
+            vpc_cidr=stack.vpc_cidr, availability_zone_count=stack.availability_zone_count
+        ),
+        cluster=ClusterSettings(
+            name=stack.cluster_name,
+            kubernetes_version=stack.kubernetes_version,
+            admin_role_arns=tuple(stack.cluster_admin_role_arns),
+            api_public_access_cidrs=public_cidrs,
+        ),
+        gpu_nodes=gpu_nodes,
+        system_nodes=SystemNodeSettings(
+            instance_type=stack.system_instance_type, node_count=stack.system_node_count
+        ),
+        serving=ServingSettings(
+            namespace=stack.namespace,
+            replicas=replicas,
+            runtime=runtime,
+            server_cpu=stack.server_cpu or server_cpu,
+            server_memory_gib=stack.server_memory_gib or server_memory_gib,
+            startup_timeout_minutes=stack.startup_timeout_minutes,
+            weights_host_path=stack.weights_host_path,
+            gpu_node_selector=dict(stack.gpu_node_selector),
+            hf_token_in_secrets_manager=stack.hf_token_in_secrets_manager,
+        ),
+        endpoint=EndpointSettings(scheme=stack.endpoint_scheme, source_ranges=source_ranges),
+        cost_budget_usd_per_hour=stack.cost_budget_usd_per_hour,
+    ), problems

@@ -1,0 +1,104 @@
+"""Facts about the model, the GPUs and the AWS GPU instance types (see shared FACTS.md).
+
+Plain data: the capacity arithmetic, the stack's settings validation and the policies read it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GIB = 1024**3
+KIB = 1024
+
+
+@dataclass(frozen=True)
+class GpuKind:
+    name: str
+    memory_bytes: int  # HBM as sold: 80 GB is 80e9 bytes, not GiB
+    hbm_bandwidth_bytes_per_s: float
+    architecture: str  # "hopper" decides the MoE backend and KV dtype gpt-oss needs
+
+
+H100_SXM = GpuKind("H100 80GB", 80 * 10**9, 3.35e12, "hopper")
+H200_SXM = GpuKind("H200 141GB", 141 * 10**9, 4.8e12, "hopper")
+
+
+@dataclass(frozen=True)
+class InstanceType:
+    name: str
+    gpu: GpuKind
+    gpus: int
+    vcpus: int
+    memory_gib: int
+    local_nvme_disks: int
+    local_nvme_tb_each: float
+    on_demand_usd_per_hour: float | None  # None: no checked price in FACTS.md
+    # Regions where AWS offers the type, as far as this table knows (verify with
+    # `aws ec2 describe-instance-type-offerings --location-type region`); the stack setting
+    # `allowUnlistedRegion` overrides the check for a region added since.
+    regions: frozenset[str]
+
+
+_P5_REGIONS = frozenset(
+    {
+        "us-east-1",
+        "us-east-2",
+        "us-west-2",
+        "eu-north-1",
+        "eu-west-2",
+        "ap-northeast-1",
+        "ap-south-1",
+        "ap-southeast-2",
+        "ap-southeast-3",
+        "sa-east-1",
+        "ca-central-1",
+    }
+)
+_P5E_REGIONS = frozenset({"us-east-1", "us-east-2", "us-west-2", "ap-northeast-1"})
+
+INSTANCE_TYPES: dict[str, InstanceType] = {
+    t.name: t
+    for t in (
+        InstanceType("p5.48xlarge", H100_SXM, 8, 192, 2048, 8, 3.84, 55.04, _P5_REGIONS),
+        InstanceType("p5e.48xlarge", H200_SXM, 8, 192, 2048, 8, 3.84, None, _P5E_REGIONS),
+        InstanceType("p5en.48xlarge", H200_SXM, 8, 192, 2048, 8, 3.84, None, _P5E_REGIONS),
+    )
+}
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    hf_id: str
+    layers: int
+    full_attention_layers: int
+    sliding_attention_layers: int
+    sliding_window_tokens: int
+    kv_heads: int
+    head_dim: int
+    experts: int
+    experts_per_token: int
+    total_params: float
+    active_params: float
+    checkpoint_bytes: int
+    max_context: int
+    hopper_moe_backend: str  # the MoE backend this model needs on Hopper GPUs
+
+
+GPT_OSS_120B = ModelFacts(
+    hf_id="openai/gpt-oss-120b",
+    layers=36,
+    full_attention_layers=18,
+    sliding_attention_layers=18,
+    sliding_window_tokens=128,
+    kv_heads=8,
+    head_dim=64,
+    experts=128,
+    experts_per_token=4,
+    total_params=116.8e9,
+    active_params=5.1e9,
+    checkpoint_bytes=int(60.8 * GIB),
+    max_context=131072,
+    hopper_moe_backend="TRITON",
+)
+
+MODELS: dict[str, ModelFacts] = {GPT_OSS_120B.hf_id: GPT_OSS_120B}

@@ -1,0 +1,485 @@
+"""The API-key gateway in front of `trtllm-serve`: an nginx sidecar configuration.
+
+`trtllm-serve` (TensorRT-LLM 1.2) has no authentication at all, so every server pod runs nginx
+beside it. nginx listens on the port the Service targets, answers `/health` without a key (the
+load balancer's health check), and passes everything else to `trtllm-serve` on loopback only
+when the request carries `Authorization: Bearer <key>` with a key from the key-map file.
+
+Two files, two Kubernetes objects:
+
+* `nginx.conf` (from `render_nginx_conf`) holds no secret and lives in a ConfigMap.
+* the key map (from `render_api_key_map`) holds the keys and lives in a Secret; nginx.conf only
+  `include`s it by path.
+
+This module is plain Python (no Pulumi) so that the tests can render the very same text and run
+Debian's nginx on it in front of a real OpenAI-compatible server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+# --- The sidecar container ---------------------------------------------------------------------
+
+# nginx's own unprivileged image: it runs as uid/gid 101 (`USER 101` in its Dockerfile), its
+# stock configuration listens on 8080 and keeps its pid and temp files under /tmp, so it needs no
+# root and no capability. 1.30.4 is the current stable line's release that the image repository
+# (nginx/docker-nginx-unprivileged, stable/alpine*/Dockerfile: NGINX_VERSION=1.30.4, UID=101,
+# EXPOSE 8080) builds and that public Dockerfiles pin as `nginxinc/nginx-unprivileged:1.30.4-alpine`.
+# Pinned to an exact release: a sidecar that changes under a running stack is a silent upgrade.
+GATEWAY_IMAGE = "docker.io/nginxinc/nginx-unprivileged:1.30.4-alpine"
+GATEWAY_IMAGE_NGINX_VERSION = "1.30.4"
+GATEWAY_RUN_AS_USER = 101
+GATEWAY_RUN_AS_GROUP = 101
+
+# The nginx that the tests run (Debian 12 "bookworm", package `nginx`). The rendered configuration
+# only uses directives that both 1.22 and 1.30 accept, so a config that passes the tests here also
+# loads in the image.
+TEST_NGINX_DEBIAN_PACKAGE = "nginx"
+TEST_NGINX_VERSION = "1.22.1"
+
+# Where the pod mounts things. nginx.conf replaces the image's own file through a subPath mount of
+# the ConfigMap. The key map is a whole Secret volume mounted as a directory, NOT a subPath: the
+# kubelet refreshes directory-mounted Secrets in place, subPath mounts never.
+GATEWAY_CONFIG_MOUNT_PATH = "/etc/nginx/nginx.conf"
+GATEWAY_CONFIG_MAP_KEY = "nginx.conf"
+GATEWAY_API_KEYS_DIR = "/etc/nginx/api-keys"
+GATEWAY_API_KEYS_SECRET_KEY = "api-keys.map"
+GATEWAY_API_KEYS_PATH = f"{GATEWAY_API_KEYS_DIR}/{GATEWAY_API_KEYS_SECRET_KEY}"
+# A memory-backed emptyDir here lets the container run with a read-only root filesystem.
+GATEWAY_TMP_DIR = "/tmp"
+
+# `daemon off;` is given on the command line, not in the file, so the same file also serves the
+# test runner and `nginx -t` (nginx rejects the directive twice).
+GATEWAY_NGINX_COMMAND = ("nginx", "-c", GATEWAY_CONFIG_MOUNT_PATH, "-g", "daemon off;")
+# How often the entrypoint looks at the key map. The kubelet itself takes up to a minute or two
+# to refresh a mounted Secret, so polling faster gains nothing.
+KEY_MAP_POLL_SECONDS = 30
+
+# --- Sizing ------------------------------------------------------------------------------------
+
+# The longest prompt the server accepts: max_seq_len (prompt + completion) is 98304 tokens.
+MAX_PROMPT_TOKENS = 98304
+# Bytes of request body per prompt token, in the worst realistic case. English averages about
+# 4 bytes a token, but clients serialise JSON with non-ASCII escaped (`\uXXXX`, 6 bytes a
+# character; Python's json.dumps does so by default) and a token can span several such
+# characters: 32 bytes covers a token of five escaped characters.
+WORST_CASE_BODY_BYTES_PER_TOKEN = 32
+# Room for the chat scaffolding around the text: roles, tool schemas, sampling parameters.
+REQUEST_ENVELOPE_BYTES = 1024 * 1024
+# 98304 × 32 B + 1 MiB = 4 MiB. nginx's default (1 MiB) leaves about 10 bytes a token: enough
+# for English, not for a long escaped non-Latin prompt with its chat history. Far more than 4 MiB
+# would only let a client make nginx and the server read junk that cannot be a valid prompt.
+CLIENT_MAX_BODY_BYTES = MAX_PROMPT_TOKENS * WORST_CASE_BODY_BYTES_PER_TOKEN + REQUEST_ENVELOPE_BYTES
+
+# trtllm-serve runs uvicorn with a 5 s keep-alive (TIMEOUT_KEEP_ALIVE in
+# tensorrt_llm/serve/openai_server.py). nginx must drop idle upstream connections before uvicorn
+# does, or it may send a request down a connection that uvicorn is closing (a spurious 502).
+UPSTREAM_KEEPALIVE_IDLE_SECONDS = 4
+
+# --- API keys ----------------------------------------------------------------------------------
+
+MIN_API_KEY_LENGTH = 32
+MAX_API_KEY_LENGTH = 512
+# The base64url alphabet: what `secrets.token_urlsafe` and random-password generators without
+# special characters produce. None of these characters means anything to nginx's parser (no
+# quotes, `;`, braces, `$`, whitespace) or to a PCRE pattern outside a character class, so a key
+# can be written into the map as a literal regular expression without escaping.
+API_KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]+")
+
+# The nginx variable that the key map sets: the matching key's fingerprint, or "" for no match.
+API_KEY_FINGERPRINT_VARIABLE = "$api_key_fingerprint"
+
+
+class ApiKeyError(ValueError):
+    """An API key that cannot go into the key map. The message never contains the key."""
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """Everything that differs between the pod and a test prefix; the rest is fixed policy."""
+
+    # The unprivileged image listens on 8080: a non-root process cannot bind below 1024.
+    listen_port: int = 8080
+    # "" listens on every interface (the pod: the load balancer targets the pod IP); tests give
+    # 127.0.0.1 so nothing outside the machine can reach them.
+    listen_address: str = ""
+    # trtllm-serve in the same pod, reached over loopback.
+    upstream_host: str = "127.0.0.1"
+    upstream_port: int = 8000
+    api_key_map_path: str = GATEWAY_API_KEYS_PATH
+    pid_path: str = f"{GATEWAY_TMP_DIR}/nginx.pid"
+    # Directory for nginx's temp files (client bodies, proxy spill-over); must be writable.
+    temp_dir: str = GATEWAY_TMP_DIR
+    # /dev/stdout lands in the container log; tests point it at a file they read.
+    access_log_path: str = "/dev/stdout"
+    error_log_path: str = "stderr"
+    # A sidecar beside a GPU server needs little CPU; "auto" would start one worker per core of
+    # the node (192 on a p5.48xlarge) whatever the container's CPU limit.
+    worker_processes: int = 2
+    worker_connections: int = 1024
+    client_max_body_bytes: int = CLIENT_MAX_BODY_BYTES
+    # Longest silence between two reads from trtllm-serve. A streamed response is never silent
+    # for long, but a non-streamed one is silent until the whole answer exists: 90k tokens at
+    # 25 tokens/s under full load is an hour.
+    upstream_read_timeout_seconds: int = 3600
+    # Longest silence while nginx writes the request to trtllm-serve, or the response to a slow
+    # client: minutes, since both sides are alive but may be busy.
+    upstream_send_timeout_seconds: int = 300
+    client_send_timeout_seconds: int = 300
+    upstream_connect_timeout_seconds: int = 5
+    # The load balancer's health check must get an answer fast: a hung server is an unhealthy one.
+    health_timeout_seconds: int = 5
+    # On SIGQUIT (the image's STOPSIGNAL) nginx stops accepting and lets running streams finish
+    # for up to this long; the pod's terminationGracePeriodSeconds must be longer.
+    shutdown_timeout_seconds: int = 600
+
+    def __post_init__(self) -> None:
+        for name in ("listen_port", "upstream_port"):
+            port = getattr(self, name)
+            if not 1 <= port <= 65535:
+                raise ValueError(f"GatewaySettings.{name}={port} is not a TCP port; use 1..65535")
+        for name in (
+            "worker_processes",
+            "worker_connections",
+            "client_max_body_bytes",
+            "upstream_read_timeout_seconds",
+            "upstream_send_timeout_seconds",
+            "client_send_timeout_seconds",
+            "upstream_connect_timeout_seconds",
+            "health_timeout_seconds",
+            "shutdown_timeout_seconds",
+        ):
+            value = getattr(self, name)
+            if value < 1:
+                raise ValueError(f"GatewaySettings.{name}={value} must be a positive integer")
+        for name in (
+            "upstream_host",
+            "api_key_map_path",
+            "pid_path",
+            "temp_dir",
+            "access_log_path",
+            "error_log_path",
+        ):
+            value = getattr(self, name)
+            # Each of these lands as one bare nginx token: whitespace, quotes, `;` or braces would
+            # change the configuration's structure.
+            if not value or re.search(r"[\s;{}'\"$#]", value):
+                raise ValueError(
+                    f"GatewaySettings.{name}={value!r} must be a non-empty path or host without "
+                    "whitespace, quotes, '$', '#', ';' or braces"
+                )
+        if self.listen_address and re.search(r"[\s;{}'\"$#]", self.listen_address):
+            raise ValueError(
+                f"GatewaySettings.listen_address={self.listen_address!r} must be an address such "
+                "as 127.0.0.1, or empty for every interface"
+            )
+        if self.upstream_read_timeout_seconds < self.upstream_connect_timeout_seconds:
+            raise ValueError(
+                "GatewaySettings.upstream_read_timeout_seconds="
+                f"{self.upstream_read_timeout_seconds} is shorter than the connect timeout "
+                f"({self.upstream_connect_timeout_seconds}); long generations need minutes"
+            )
+
+    @property
+    def listen(self) -> str:
+        if self.listen_address:
+            return f"{self.listen_address}:{self.listen_port}"
+        return str(self.listen_port)
+
+
+# --- Keys --------------------------------------------------------------------------------------
+
+
+def api_key_fingerprint(api_key: str) -> str:
+    """A short, non-secret name for a key: what the access log records and rotation tracks.
+
+    48 bits of a SHA-256 over a key of at least 192 random bits tells nothing about the key,
+    yet tells an operator whether clients still use the old key before it is removed.
+    """
+    return "sha256:" + hashlib.sha256(api_key.encode("ascii")).hexdigest()[:12]
+
+
+def validate_api_key(api_key: str, position: int) -> None:
+    """Raise ApiKeyError naming the key's position and the problem, never the key."""
+    where = f"API key #{position + 1}"
+    if not isinstance(api_key, str):
+        raise ApiKeyError(f"{where} is a {type(api_key).__name__}, not a string")
+    if len(api_key) < MIN_API_KEY_LENGTH:
+        raise ApiKeyError(
+            f"{where} has {len(api_key)} characters; at least {MIN_API_KEY_LENGTH} are needed "
+            "(e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    if len(api_key) > MAX_API_KEY_LENGTH:
+        raise ApiKeyError(f"{where} has {len(api_key)} characters; at most {MAX_API_KEY_LENGTH} are accepted")
+    if not API_KEY_PATTERN.fullmatch(api_key):
+        bad = sorted({c for c in api_key if not API_KEY_PATTERN.fullmatch(c)})
+        described = ", ".join(_describe_character(c) for c in bad)
+        raise ApiKeyError(
+            f"{where} contains {len(bad)} disallowed character kind(s) ({described}); only "
+            "letters, digits, '-' and '_' (the base64url alphabet) can be used"
+        )
+
+
+def _describe_character(character: str) -> str:
+    # A disallowed character is named by kind or code point: quoting it could leak part of a key
+    # only if keys were made of such characters, which is exactly what is being refused.
+    if character.isspace():
+        return f"whitespace U+{ord(character):04X}"
+    return f"U+{ord(character):04X}"
+
+
+def render_api_key_map(api_keys: Sequence[str]) -> str:
+    """The key-map file: one line per key, included inside nginx.conf's `map` block.
+
+    Each line is a case-sensitive regular expression (`~`) over the whole Authorization header.
+    A plain string entry would not do: nginx matches map strings case-insensitively, which
+    would accept a key with any letter's case flipped. The scheme word itself is matched
+    case-insensitively, as HTTP says auth schemes are. Several keys may be valid at once, so
+    a new key can be added before the old one is withdrawn.
+    """
+    if isinstance(api_keys, str):
+        raise ApiKeyError("api_keys must be a sequence of keys, not one string")
+    if not api_keys:
+        raise ApiKeyError("api_keys is empty: at least one key is needed, or nothing could pass")
+    seen: dict[str, int] = {}
+    lines = [
+        "# API keys for the gateway (one line per key; several at once during rotation).",
+        "# Generated; mounted from a Kubernetes Secret. Value: the key's fingerprint for the log.",
+    ]
+    for position, api_key in enumerate(api_keys):
+        validate_api_key(api_key, position)
+        if api_key in seen:
+            raise ApiKeyError(
+                f"API key #{position + 1} repeats API key #{seen[api_key] + 1}; list each key once"
+            )
+        seen[api_key] = position
+        lines.append(f'"~^(?i:bearer) +{api_key}$" "{api_key_fingerprint(api_key)}";')
+    return "\n".join(lines) + "\n"
+
+
+# --- The container's entrypoint ----------------------------------------------------------------
+
+
+def render_entrypoint_script(
+    nginx_command: Sequence[str] = GATEWAY_NGINX_COMMAND,
+    api_key_map_path: str = GATEWAY_API_KEYS_PATH,
+    poll_seconds: int = KEY_MAP_POLL_SECONDS,
+) -> str:
+    """A POSIX sh script (busybox ash in the image, dash in tests) run as the container command.
+
+    It starts nginx, reloads it (SIGHUP: new workers, running streams finish on the old ones)
+    whenever the key map's content changes, and turns the stop signal into nginx's graceful
+    stop. So a key rotated in the Secret takes effect without restarting the pod, whose GPU
+    server would need tens of minutes to load the model again. It also bypasses the image's
+    own entrypoint, whose scripts try to rewrite /etc/nginx/conf.d (read-only here).
+    """
+    if poll_seconds < 1:
+        raise ValueError(f"poll_seconds={poll_seconds} must be at least 1")
+    command = " ".join(shlex.quote(part) for part in nginx_command)
+    keys = shlex.quote(api_key_map_path)
+    return f"""set -u
+{command} &
+nginx_pid=$!
+stopping=0
+# Kubernetes sends the image's STOPSIGNAL (SIGQUIT) or SIGTERM: both become a graceful stop.
+graceful_stop() {{ stopping=1; kill -QUIT "$nginx_pid" 2>/dev/null; }}
+trap graceful_stop TERM QUIT INT
+last_keys=$(cksum < {keys} 2>/dev/null)
+while kill -0 "$nginx_pid" 2>/dev/null; do
+  sleep {poll_seconds} &
+  sleep_pid=$!
+  wait "$sleep_pid" 2>/dev/null  # a trapped signal ends this wait early
+  if [ "$stopping" = 1 ]; then
+    kill "$sleep_pid" 2>/dev/null
+    break
+  fi
+  keys_now=$(cksum < {keys} 2>/dev/null)
+  if [ "$keys_now" != "$last_keys" ]; then
+    last_keys=$keys_now
+    echo "gateway: API key map changed, reloading nginx" >&2
+    kill -HUP "$nginx_pid"
+  fi
+done
+# Let running streams drain; a repeated stop signal must not end the wait early.
+while kill -0 "$nginx_pid" 2>/dev/null; do
+  wait "$nginx_pid"
+done
+wait "$nginx_pid"
+"""
+
+
+def gateway_command() -> tuple[str, ...]:
+    """The sidecar's `command`: the entrypoint script for the pod's paths."""
+    return ("/bin/sh", "-c", render_entrypoint_script())
+
+
+# The sidecar container's `command` (the image's own entrypoint is not used).
+GATEWAY_COMMAND = gateway_command()
+
+
+# --- nginx.conf --------------------------------------------------------------------------------
+
+
+def _openai_error_body(message: str, error_type: str, code: str) -> str:
+    # The OpenAI error shape, so that OpenAI client libraries raise a readable error.
+    body = {"error": {"message": message, "type": error_type, "param": None, "code": code}}
+    text = json.dumps(body, separators=(",", ":"))
+    # nginx's `return` takes the text in single quotes, and reads `$` as a variable.
+    if "'" in text or "$" in text:
+        raise ValueError(f"error body {text} cannot go into a single-quoted nginx string")
+    return text
+
+
+UNAUTHORIZED_BODY = _openai_error_body(
+    "Missing or invalid API key. Send the header Authorization: Bearer <key>.",
+    "invalid_request_error",
+    "invalid_api_key",
+)
+REQUEST_TOO_LARGE_BODY = _openai_error_body(
+    "Request body is larger than the gateway accepts.",
+    "invalid_request_error",
+    "request_too_large",
+)
+
+# Fields of one access-log line. No header but the user agent, no body, no query string:
+# the Authorization header (and whatever a client might put in a URL) never reaches the log.
+_ACCESS_LOG_FIELDS = (
+    ("time", "$time_iso8601"),
+    ("remote_addr", "$remote_addr"),
+    ("request_id", "$request_id"),
+    ("method", "$request_method"),
+    ("path", "$uri"),
+    ("status", "$status"),
+    ("request_length", "$request_length"),
+    ("bytes_sent", "$bytes_sent"),
+    ("request_time", "$request_time"),
+    ("upstream_status", "$upstream_status"),
+    ("upstream_response_time", "$upstream_response_time"),
+    ("api_key", API_KEY_FINGERPRINT_VARIABLE),
+    ("user_agent", "$http_user_agent"),
+)
+
+
+def _access_log_format() -> str:
+    fields = ",".join(f'"{name}":"{variable}"' for name, variable in _ACCESS_LOG_FIELDS)
+    return "{" + fields + "}"
+
+
+def render_nginx_conf(settings: GatewaySettings) -> str:
+    """The complete nginx.conf for the gateway; the same settings give the same text."""
+    s = settings
+    upstream = f"{s.upstream_host}:{s.upstream_port}"
+    text = f"""\
+# nginx.conf for the API-key gateway in front of trtllm-serve. Generated by serving/workload/gateway.py.
+# Holds no secret: the keys are in {s.api_key_map_path}, included below (a Kubernetes Secret).
+# Run with: nginx -c <this file> -g 'daemon off;'
+worker_processes {s.worker_processes};
+pid {s.pid_path};
+error_log {s.error_log_path} warn;
+# On SIGQUIT, running streams get this long to finish before workers exit.
+worker_shutdown_timeout {s.shutdown_timeout_seconds}s;
+
+events {{
+    worker_connections {s.worker_connections};
+}}
+
+http {{
+    server_tokens off;
+    # Answers nginx makes itself (401, 413) are JSON; proxied answers keep their own type.
+    default_type application/json;
+
+    client_body_temp_path {s.temp_dir}/client_temp;
+    proxy_temp_path {s.temp_dir}/proxy_temp;
+    fastcgi_temp_path {s.temp_dir}/fastcgi_temp;
+    uwsgi_temp_path {s.temp_dir}/uwsgi_temp;
+    scgi_temp_path {s.temp_dir}/scgi_temp;
+
+    # No header but the user agent, no body, no query string: never the Authorization header.
+    log_format gateway escape=json '{_access_log_format()}';
+    access_log {s.access_log_path} gateway;
+
+    # Compression would hold server-sent events back until a compressed block fills up.
+    gzip off;
+
+    # The longest prompt (98304 tokens) as escaped JSON, plus the chat envelope.
+    client_max_body_size {s.client_max_body_bytes};
+    client_body_timeout 60s;
+    send_timeout {s.client_send_timeout_seconds}s;
+    keepalive_timeout 75s;
+
+    # "Authorization: Bearer <key>" -> the key's fingerprint, or "" when no key matches.
+    map $http_authorization {API_KEY_FINGERPRINT_VARIABLE} {{
+        default "";
+        include {s.api_key_map_path};
+    }}
+
+    upstream trtllm_serve {{
+        # One server: never mark it down after a failure (max_fails=0); each request tries it,
+        # so a restarted trtllm-serve is used as soon as it listens again.
+        server {upstream} max_fails=0;
+        keepalive 32;
+        # Below uvicorn's 5 s keep-alive, so nginx never reuses a connection uvicorn is closing.
+        keepalive_timeout {UPSTREAM_KEEPALIVE_IDLE_SECONDS}s;
+    }}
+
+    server {{
+        listen {s.listen};
+
+        proxy_http_version 1.1;
+        # Upstream keep-alive: HTTP/1.1 without "Connection: close".
+        proxy_set_header Connection "";
+        proxy_set_header Host $host;
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        proxy_set_header X-Forwarded-Proto $scheme;
+        proxy_set_header X-Request-ID $request_id;
+        # trtllm-serve has no use for the key; it must not see (or log) it.
+        proxy_set_header Authorization "";
+        proxy_connect_timeout {s.upstream_connect_timeout_seconds}s;
+
+        # The load balancer's health check: no key, short timeouts. While the model loads
+        # nothing listens on the upstream port, nginx answers 502 and the target stays unhealthy.
+        location = /health {{
+            proxy_pass http://trtllm_serve/health;
+            proxy_read_timeout {s.health_timeout_seconds}s;
+            proxy_send_timeout {s.health_timeout_seconds}s;
+        }}
+
+        location / {{
+            error_page 401 = @unauthorized;
+            error_page 413 = @request_too_large;
+            if ({API_KEY_FINGERPRINT_VARIABLE} = "") {{
+                return 401;
+            }}
+
+            proxy_pass http://trtllm_serve;
+            # Stream both ways: each server-sent event goes to the client as soon as it arrives,
+            # and a long prompt goes to the server while it is still being uploaded.
+            proxy_buffering off;
+            proxy_request_buffering off;
+            proxy_cache off;
+            # An upstream "X-Accel-Buffering: yes" must not turn buffering back on.
+            proxy_ignore_headers X-Accel-Buffering;
+            # Tell any nginx-like proxy in front of this one not to buffer either.
+            add_header X-Accel-Buffering no always;
+            proxy_read_timeout {s.upstream_read_timeout_seconds}s;
+            proxy_send_timeout {s.upstream_send_timeout_seconds}s;
+        }}
+
+        location @unauthorized {{
+            add_header WWW-Authenticate 'Bearer realm="gpt-oss", charset="UTF-8"' always;
+            return 401 '{UNAUTHORIZED_BODY}';
+        }}
+
+        location @request_too_large {{
+            return 413 '{REQUEST_TOO_LARGE_BODY}';
+        }}
+    }}
+}}
+"""
+    return text

@@ -1,0 +1,331 @@
+"""The Kubernetes objects of the inference server, as plain manifests (dicts).
+
+Plain Python so the pod design can be read, tested and schema-validated without Pulumi; the
+`InferenceServer` component registers exactly these objects. Design choices, each for a reason
+users of peer projects ran into:
+
+- A Deployment, not a StatefulSet: replicas are interchangeable and keep no per-replica volume;
+  the weights cache lives on the node (NVMe hostPath), shared by every replica on that node.
+- Rolling updates with maxSurge 0: a new pod never needs GPUs beyond those the old one frees.
+- The server listens on loopback only; the nginx sidecar in the same pod is the only way in, and
+  it checks the API key. Probes go through the gateway's open /health route, but belong to the
+  server container, so a failing server (not the proxy) is what gets restarted.
+- The startup probe allows `startup_timeout_minutes` for loading (tens of minutes for 120B);
+  nothing listens before the model is loaded, so the probe must wait, not kill.
+- A memory-backed /dev/shm: NCCL with tensor parallelism needs far more than the 64 MiB default.
+- Graceful termination: a preStop pause lets the load balancer stop sending new requests, then
+  the server and nginx finish in-flight streams within the grace period.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from serving.runtime.hardware import InstanceType
+from serving.runtime.options import (
+    OPTIONS_FILE_NAME,
+    SecretRef,
+    ServingRuntime,
+    render_download_command,
+    render_environment,
+    render_options_yaml,
+    render_serve_args,
+)
+from serving.workload import gateway
+
+APP_NAME = "trtllm-serve"
+SERVER_CONTAINER = "trtllm-serve"
+GATEWAY_CONTAINER = "api-gateway"
+GATEWAY_PORT_NAME = "gateway"
+HF_TOKEN_SECRET_KEY = "HF_TOKEN"
+HF_HOME = "/hf-cache"
+OPTIONS_DIR = "/etc/trtllm"
+SERVER_HOME = "/home/trtllm"
+# The unprivileged user the server and the download step run as (the cache is chowned to it).
+SERVER_UID = 1000
+# NCCL's shared-memory transport between the two GPUs of a replica.
+SHM_SIZE = "32Gi"
+# Long generations (tens of thousands of tokens) run for minutes: let them finish on shutdown.
+TERMINATION_GRACE_SECONDS = 900
+# Time for the load balancer to stop routing to a terminating pod before it stops listening.
+DRAIN_PAUSE_SECONDS = 20
+STARTUP_PROBE_PERIOD_SECONDS = 30
+# Share of a node's CPU and memory given to the pods of its GPUs (the rest: kubelet, system
+# reserve, DaemonSets).
+NODE_SHARE_FOR_PODS = 0.85
+SERVICE_PORT = 80
+
+
+@dataclass(frozen=True)
+class WorkloadNames:
+    namespace: str
+    hf_token_secret: str = "hf-token"
+    api_keys_secret: str = "api-gateway-keys"
+    options_config_map: str = "trtllm-options"
+    gateway_config_map: str = "api-gateway-config"
+    deployment: str = APP_NAME
+    service: str = "gpt-oss"
+    disruption_budget: str = APP_NAME
+
+
+@dataclass(frozen=True)
+class WorkloadSpec:
+    names: WorkloadNames
+    runtime: ServingRuntime
+    replicas: int
+    server_cpu: int  # cores requested per replica (see replica_resources)
+    server_memory_gib: int  # memory requested and limited per replica
+    gpu_node_selector: dict[str, str]
+    weights_host_path: str
+    startup_timeout_minutes: int
+    internet_facing: bool
+    source_ranges: tuple[str, ...]
+    gateway: gateway.GatewaySettings = field(default_factory=gateway.GatewaySettings)
+
+
+def labels(spec: WorkloadSpec, component: str = "server") -> dict[str, str]:
+    """Kubernetes recommended labels."""
+    return {
+        "app.kubernetes.io/name": APP_NAME,
+        "app.kubernetes.io/instance": spec.names.deployment,
+        "app.kubernetes.io/component": component,
+        "app.kubernetes.io/part-of": "gpt-oss-trtllm",
+        "app.kubernetes.io/version": spec.runtime.image.rsplit(":", 1)[-1],
+        "app.kubernetes.io/managed-by": "pulumi",
+    }
+
+
+def selector_labels(spec: WorkloadSpec) -> dict[str, str]:
+    return {"app.kubernetes.io/name": APP_NAME, "app.kubernetes.io/instance": spec.names.deployment}
+
+
+def metadata(spec: WorkloadSpec, name: str, component: str = "server") -> dict[str, Any]:
+    """Name, namespace and recommended labels of one of the workload's objects."""
+    return {"name": name, "namespace": spec.names.namespace, "labels": labels(spec, component)}
+
+
+def replica_resources(instance: InstanceType, gpus_per_replica: int) -> tuple[int, int]:
+    """CPU cores and memory (GiB) requested per replica: its GPUs' share of the node."""
+    share = gpus_per_replica / instance.gpus * NODE_SHARE_FOR_PODS
+    return math.floor(instance.vcpus * share), math.floor(instance.memory_gib * share)
+
+
+def options_config_map(spec: WorkloadSpec) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(spec, spec.names.options_config_map),
+        "data": {OPTIONS_FILE_NAME: render_options_yaml(spec.runtime)},
+    }
+
+
+def gateway_config_map(spec: WorkloadSpec) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(spec, spec.names.gateway_config_map, "gateway"),
+        "data": {gateway.GATEWAY_CONFIG_MAP_KEY: gateway.render_nginx_conf(spec.gateway)},
+    }
+
+
+def config_checksum(*documents: str) -> str:
+    """A pod-template annotation that changes with the configuration, so a change rolls the pods."""
+    digest = hashlib.sha256()
+    for document in documents:
+        digest.update(document.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def _restricted_security_context(uid: int) -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": uid,
+        "runAsGroup": uid,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+    }
+
+
+def _http_probe(port: str, period: int, failures: int, timeout: int = 5) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": "/health", "port": port},
+        "periodSeconds": period,
+        "failureThreshold": failures,
+        "timeoutSeconds": timeout,
+    }
+
+
+def deployment(spec: WorkloadSpec, *, pod_annotations: dict[str, Any]) -> dict[str, Any]:
+    runtime = spec.runtime
+    gpus = runtime.gpus_per_replica
+    cpu, memory_gib = spec.server_cpu, spec.server_memory_gib
+    token = SecretRef(spec.names.hf_token_secret, HF_TOKEN_SECRET_KEY)
+    options_path = f"{OPTIONS_DIR}/{OPTIONS_FILE_NAME}"
+    cache_mount = {"name": "hf-cache", "mountPath": HF_HOME}
+
+    prepare_cache = {
+        # The hostPath directory is created root-owned; hand it to the unprivileged user once.
+        # Only CAP_CHOWN, and only on the cache directory.
+        "name": "prepare-cache",
+        "image": runtime.image,
+        "command": ["chown", f"{SERVER_UID}:{SERVER_UID}", HF_HOME],
+        "securityContext": {
+            "runAsUser": 0,
+            "runAsNonRoot": False,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"], "add": ["CHOWN"]},
+        },
+        "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "64Mi"}},
+        "volumeMounts": [cache_mount],
+    }
+    download_weights = {
+        "name": "download-weights",
+        "image": runtime.image,
+        "command": render_download_command(runtime),
+        "env": [
+            *render_environment(runtime, hf_home=HF_HOME, hf_token=token, offline=False),
+            {"name": "HOME", "value": SERVER_HOME},
+        ],
+        "securityContext": _restricted_security_context(SERVER_UID),
+        "resources": {"requests": {"cpu": "4", "memory": "16Gi"}, "limits": {"memory": "16Gi"}},
+        "volumeMounts": [cache_mount, {"name": "home", "mountPath": SERVER_HOME}],
+    }
+    startup_failures = math.ceil(spec.startup_timeout_minutes * 60 / STARTUP_PROBE_PERIOD_SECONDS)
+    server = {
+        "name": SERVER_CONTAINER,
+        "image": runtime.image,
+        "command": render_serve_args(runtime, options_path),
+        "env": [
+            *render_environment(runtime, hf_home=HF_HOME, hf_token=token, offline=True),
+            {"name": "HOME", "value": SERVER_HOME},
+        ],
+        "resources": {
+            "requests": {"cpu": str(cpu), "memory": f"{memory_gib}Gi", "nvidia.com/gpu": str(gpus)},
+            # No CPU limit: throttling the scheduler thread stalls every stream.
+            "limits": {"memory": f"{memory_gib}Gi", "nvidia.com/gpu": str(gpus)},
+        },
+        "startupProbe": _http_probe(GATEWAY_PORT_NAME, STARTUP_PROBE_PERIOD_SECONDS, startup_failures),
+        "readinessProbe": _http_probe(GATEWAY_PORT_NAME, 10, 3),
+        "livenessProbe": _http_probe(GATEWAY_PORT_NAME, 30, 6, timeout=10),
+        "lifecycle": {"preStop": {"sleep": {"seconds": DRAIN_PAUSE_SECONDS}}},
+        # The root filesystem stays writable: Triton and torch write JIT caches at start.
+        "securityContext": _restricted_security_context(SERVER_UID),
+        "volumeMounts": [
+            cache_mount,
+            {"name": "dshm", "mountPath": "/dev/shm"},
+            {"name": "trtllm-options", "mountPath": OPTIONS_DIR, "readOnly": True},
+            {"name": "home", "mountPath": SERVER_HOME},
+        ],
+    }
+    api_gateway = {
+        "name": GATEWAY_CONTAINER,
+        "image": gateway.GATEWAY_IMAGE,
+        "command": list(gateway.GATEWAY_COMMAND),
+        "ports": [{"name": GATEWAY_PORT_NAME, "containerPort": spec.gateway.listen_port, "protocol": "TCP"}],
+        "resources": {"requests": {"cpu": "500m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
+        "lifecycle": {"preStop": {"sleep": {"seconds": DRAIN_PAUSE_SECONDS}}},
+        "securityContext": {
+            **_restricted_security_context(gateway.GATEWAY_RUN_AS_USER),
+            "runAsGroup": gateway.GATEWAY_RUN_AS_GROUP,
+            "readOnlyRootFilesystem": True,
+        },
+        "volumeMounts": [
+            {
+                "name": "gateway-config",
+                "mountPath": gateway.GATEWAY_CONFIG_MOUNT_PATH,
+                "subPath": gateway.GATEWAY_CONFIG_MAP_KEY,
+                "readOnly": True,
+            },
+            {"name": "gateway-keys", "mountPath": gateway.GATEWAY_API_KEYS_DIR, "readOnly": True},
+            {"name": "gateway-tmp", "mountPath": gateway.GATEWAY_TMP_DIR},
+        ],
+    }
+    pod_spec = {
+        "automountServiceAccountToken": False,  # the server never talks to the Kubernetes API
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+        "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}, "fsGroup": SERVER_UID},
+        "nodeSelector": dict(spec.gpu_node_selector),
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        # Prefer nodes that already run a replica: four two-GPU replicas fill a p5.48xlarge
+        # before a second node's GPUs are touched.
+        "affinity": {
+            "podAffinity": {
+                "preferredDuringSchedulingIgnoredDuringExecution": [
+                    {
+                        "weight": 100,
+                        "podAffinityTerm": {
+                            "topologyKey": "kubernetes.io/hostname",
+                            "labelSelector": {"matchLabels": selector_labels(spec)},
+                        },
+                    }
+                ]
+            }
+        },
+        "initContainers": [prepare_cache, download_weights],
+        "containers": [server, api_gateway],
+        "volumes": [
+            {"name": "hf-cache", "hostPath": {"path": spec.weights_host_path, "type": "DirectoryOrCreate"}},
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}},
+            {"name": "home", "emptyDir": {}},
+            {"name": "trtllm-options", "configMap": {"name": spec.names.options_config_map}},
+            {"name": "gateway-config", "configMap": {"name": spec.names.gateway_config_map}},
+            {
+                "name": "gateway-keys",
+                "secret": {"secretName": spec.names.api_keys_secret, "defaultMode": 0o440},
+            },
+            {"name": "gateway-tmp", "emptyDir": {"sizeLimit": "1Gi"}},
+        ],
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": metadata(spec, spec.names.deployment),
+        "spec": {
+            "replicas": spec.replicas,
+            "selector": {"matchLabels": selector_labels(spec)},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}},
+            "template": {
+                "metadata": {"labels": labels(spec), "annotations": pod_annotations},
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def disruption_budget(spec: WorkloadSpec) -> dict[str, Any]:
+    # One replica at a time may be evicted (a node drain still completes with one replica).
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": metadata(spec, spec.names.disruption_budget),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(spec)}},
+    }
+
+
+def service(spec: WorkloadSpec) -> dict[str, Any]:
+    """An NLB in front of the gateway port only; internal unless the stack asks otherwise."""
+    annotations = {"service.beta.kubernetes.io/aws-load-balancer-type": "nlb"}
+    if not spec.internet_facing:
+        annotations["service.beta.kubernetes.io/aws-load-balancer-internal"] = "true"
+    service_metadata = metadata(spec, spec.names.service, "gateway")
+    service_metadata["annotations"] = annotations
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": service_metadata,
+        "spec": {
+            "type": "LoadBalancer",
+            # Local keeps the client address, so the source ranges apply to real clients.
+            "externalTrafficPolicy": "Local",
+            "loadBalancerSourceRanges": list(spec.source_ranges),
+            "selector": selector_labels(spec),
+            "ports": [
+                {"name": "http", "port": SERVICE_PORT, "targetPort": GATEWAY_PORT_NAME, "protocol": "TCP"}
+            ],
+        },
+    }

@@ -1,0 +1,172 @@
+"""Stack settings: parsed once, validated before any resource, with errors a person can act on."""
+
+from __future__ import annotations
+
+import pytest
+
+from serving.config.settings import PROJECT, SettingsError, load_settings
+
+TOKEN = frozenset({"hfAccessToken"})
+# p5.48xlarge (FACTS.md): 192 vCPU, 2 TiB of memory, 8 GPUs.
+P5_VCPUS, P5_MEMORY_GIB = 192, 2048
+
+# What every stack that creates a cluster states (Pulumi.prod.yaml does).
+STACK_VALUES = {"clusterApiPublicCidrs": ["0.0.0.0/0"]}
+
+
+def parse(region: str | None = "us-east-1", secrets=TOKEN, **values):
+    """The loader over values as a stack file would set them (Pulumi.yaml defaults for the rest)."""
+    config: dict[str, object] = {
+        f"{PROJECT}:{key}": value for key, value in {**STACK_VALUES, **values}.items()
+    }
+    config.update({f"{PROJECT}:{key}": "<a secret>" for key in secrets})
+    if region is not None:
+        config["aws:region"] = region
+    return load_settings(config, {f"{PROJECT}:{key}" for key in secrets})
+
+
+def problems(**kwargs) -> list[str]:
+    with pytest.raises(SettingsError) as caught:
+        parse(**kwargs)
+    return caught.value.problems
+
+
+def test_defaults_give_the_template_on_one_p5():
+    settings = parse()
+    assert not settings.existing_cluster
+    assert settings.gpu_nodes.instance.name == "p5.48xlarge"
+    assert settings.gpu_nodes.total_gpus == 8
+    assert settings.serving.runtime.gpus_per_replica == 2
+    assert settings.serving.runtime.max_batch_size == 64
+    assert settings.endpoint.scheme == "internal"
+    assert settings.endpoint.source_ranges == ("10.42.0.0/16",)  # the VPC only
+
+
+def test_missing_token_is_named_with_the_command_that_sets_it():
+    [problem] = problems(secrets=frozenset())
+    assert "gpt-oss-trtllm:hfAccessToken is not set" in problem
+    assert "pulumi config set --secret hfAccessToken" in problem
+
+
+def test_unknown_instance_type():
+    [problem] = problems(gpuInstanceType="p4d.24xlarge")
+    assert problem == (
+        "gpt-oss-trtllm:gpuInstanceType = 'p4d.24xlarge': not a known GPU instance type; "
+        "use one of p5.48xlarge, p5e.48xlarge, p5en.48xlarge"
+    )
+
+
+def test_more_replica_gpus_than_nodes_have():
+    [problem] = problems(replicas=5)
+    assert problem == (
+        "gpt-oss-trtllm:replicas = 5: 5 replicas x 2 GPUs = 10 GPUs, but 1 x p5.48xlarge have 8; "
+        "use at most 4 replicas or raise gpuNodeCount to 2"
+    )
+    assert parse(replicas=5, gpuNodeCount=2).serving.replicas == 5
+
+
+def test_region_without_the_instance_type_and_its_override():
+    [problem] = problems(region="af-south-1")
+    assert problem.startswith("aws:region = 'af-south-1': p5.48xlarge is not offered there")
+    assert "allowUnlistedRegion" in problem
+    assert parse(region="af-south-1", allowUnlistedRegion=True).region == "af-south-1"
+
+
+def test_capacity_block_needs_the_reservation_and_its_zone():
+    found = problems(gpuCapacityType="CAPACITY_BLOCK")
+    assert any("capacityReservationId = ''" in p and "cr-<hex>" in p for p in found)
+    assert any("capacityReservationZone = ''" in p for p in found)
+    settings = parse(
+        gpuCapacityType="CAPACITY_BLOCK",
+        capacityReservationId="cr-0123456789abcdef0",
+        capacityReservationZone="us-east-1d",
+    )
+    assert settings.gpu_nodes.capacity_reservation_zone == "us-east-1d"
+    [wrong_zone] = problems(
+        gpuCapacityType="CAPACITY_BLOCK",
+        capacityReservationId="cr-0123456789abcdef0",
+        capacityReservationZone="us-west-2a",
+    )
+    assert "capacityReservationZone = 'us-west-2a'" in wrong_zone
+
+
+def test_runtime_problems_are_prefixed_with_the_stack_key():
+    [problem] = problems(trtllmOptions={"kv_cache_config": {"free_gpu_memory_fracton": 0.9}})
+    assert problem == (
+        "gpt-oss-trtllm:trtllmOptions: kv_cache_config.free_gpu_memory_fracton: unknown "
+        "option (did you mean kv_cache_config.free_gpu_memory_fraction?)"
+    )
+
+
+def test_internet_facing_needs_explicit_source_ranges():
+    [problem] = problems(endpointScheme="internet-facing")
+    assert "endpointSourceRanges" in problem and "0.0.0.0/0" in problem
+    settings = parse(endpointScheme="internet-facing", endpointSourceRanges=["203.0.113.0/24"])
+    assert settings.endpoint.internet_facing
+
+
+def test_bring_your_own_cluster_skips_aws_capacity_checks():
+    settings = parse(
+        region=None,
+        secrets=frozenset({"hfAccessToken", "kubeconfig"}),
+        replicas=6,
+        endpointSourceRanges=["10.0.0.0/8"],
+    )
+    assert settings.existing_cluster and settings.serving.replicas == 6
+
+
+def test_every_problem_at_once_and_bad_values_named():
+    found = problems(
+        gpuCapacityType="RESERVED",
+        endpointScheme="public",
+        vpcCidr="10.0.0.0/28",
+        namespace="GPT_OSS",
+        startupTimeoutMinutes=5,
+        endpointSourceRanges=["10.0.0.300/8"],
+    )
+    for key, value in (
+        ("gpuCapacityType", "'RESERVED'"),
+        ("endpointScheme", "'public'"),
+        ("vpcCidr", "'10.0.0.0/28'"),
+        ("namespace", "'GPT_OSS'"),
+        ("startupTimeoutMinutes", "5"),
+        ("endpointSourceRanges", "'10.0.0.300/8'"),
+    ):
+        assert any(p.startswith(f"{PROJECT}:{key} = {value}:") for p in found), (key, found)
+    assert any("gpuCapacityType = 'RESERVED': use one of ON_DEMAND, SPOT, CAPACITY_BLOCK" in p for p in found)
+    assert any("startupTimeoutMinutes = 5: expected a whole number from 40 to 240" in p for p in found)
+
+
+def test_public_api_access_must_be_stated_when_creating_a_cluster():
+    [problem] = problems(clusterApiPublicCidrs=[])
+    assert problem.startswith("gpt-oss-trtllm:clusterApiPublicCidrs = []: pulumi up must reach")
+    assert "clusterApiPrivateOnly" in problem
+    settings = parse(clusterApiPublicCidrs=[], clusterApiPrivateOnly=True)
+    assert settings.cluster.api_public_access_cidrs == ()
+    [conflict] = problems(clusterApiPrivateOnly=True)
+    assert "must be empty with clusterApiPrivateOnly true" in conflict
+    # An existing cluster's API is not this stack's business.
+    assert parse(
+        clusterApiPublicCidrs=[],
+        secrets=frozenset({"hfAccessToken", "kubeconfig"}),
+        endpointSourceRanges=["10.0.0.0/8"],
+    ).existing_cluster
+
+
+def test_server_resources_derive_from_the_node_type_or_are_set_explicitly():
+    derived = parse().serving
+    # Four two-GPU replicas share one p5 and leave room for the kubelet and DaemonSets; each
+    # holds the checkpoint in host memory while loading.
+    assert derived.server_cpu >= 4 and 4 * derived.server_cpu <= P5_VCPUS - 8
+    assert derived.server_memory_gib >= 96 and 4 * derived.server_memory_gib <= P5_MEMORY_GIB - 64
+    byo = parse(
+        secrets=frozenset({"hfAccessToken", "kubeconfig"}),
+        endpointSourceRanges=["10.0.0.0/8"],
+        serverCpu=22,
+        serverMemoryGiB=180,
+    ).serving
+    assert (byo.server_cpu, byo.server_memory_gib) == (22, 180)
+    [problem] = problems(serverMemoryGiB=64)
+    assert problem.startswith("gpt-oss-trtllm:serverMemoryGiB = 64: use at least 96 GiB")
+    [problem] = problems(serverCpu=500)
+    assert problem == "gpt-oss-trtllm:serverCpu = 500: expected a whole number from 0 to 192"

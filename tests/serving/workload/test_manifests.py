@@ -1,0 +1,196 @@
+"""The server's Kubernetes objects (serving/workload/manifests.py), validated by the real schema."""
+
+from __future__ import annotations
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from serving.runtime.hardware import INSTANCE_TYPES
+from serving.runtime.options import build_runtime
+from serving.workload import gateway
+from serving.workload.manifests import (
+    WorkloadNames,
+    WorkloadSpec,
+    deployment,
+    disruption_budget,
+    gateway_config_map,
+    options_config_map,
+    replica_resources,
+    service,
+)
+
+KUBERNETES_VERSION = "1.34"
+
+
+def make_spec(**changes) -> WorkloadSpec:
+    values = {
+        "names": WorkloadNames(namespace="gpt-oss"),
+        "runtime": build_runtime(),
+        "replicas": 4,
+        "server_cpu": 40,
+        "server_memory_gib": 435,
+        "gpu_node_selector": {"nvidia.com/gpu.present": "true"},
+        "weights_host_path": "/mnt/k8s-disks/0/huggingface",
+        "startup_timeout_minutes": 60,
+        "internet_facing": False,
+        "source_ranges": ("10.42.0.0/16",),
+    }
+    values.update(changes)
+    return WorkloadSpec(**values)
+
+
+def all_objects(spec: WorkloadSpec):
+    return [
+        options_config_map(spec),
+        gateway_config_map(spec),
+        deployment(spec, pod_annotations={"gpt-oss.serving/config-checksum": "0" * 64}),
+        disruption_budget(spec),
+        service(spec),
+    ]
+
+
+def containers(manifest):
+    pod = manifest["spec"]["template"]["spec"]
+    return {c["name"]: c for c in pod["initContainers"] + pod["containers"]}
+
+
+@pytest.mark.parametrize("internet_facing", [False, True])
+def test_every_object_passes_the_kubernetes_schema_strictly(internet_facing):
+    for manifest in all_objects(make_spec(internet_facing=internet_facing)):
+        kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
+
+
+def test_a_misspelt_field_would_be_caught_by_the_same_validation():
+    manifest = deployment(make_spec(), pod_annotations={})
+    manifest["spec"]["template"]["spec"]["containers"][0]["livenessProbes"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
+
+
+def test_server_gets_exactly_its_gpus_and_the_cpu_and_memory_it_was_given():
+    server = containers(deployment(make_spec(server_cpu=12, server_memory_gib=200), pod_annotations={}))[
+        "trtllm-serve"
+    ]
+    assert server["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert server["resources"]["requests"]["nvidia.com/gpu"] == "2"
+    assert server["resources"]["requests"]["cpu"] == "12"
+    assert server["resources"]["requests"]["memory"] == server["resources"]["limits"]["memory"] == "200Gi"
+    assert "cpu" not in server["resources"]["limits"]  # no CPU throttling of the scheduler thread
+
+
+def test_replica_share_of_a_p5_lets_four_two_gpu_replicas_fit_one_node():
+    p5 = INSTANCE_TYPES["p5.48xlarge"]
+    cpu, memory = replica_resources(p5, 2)
+    assert (cpu, memory) == (int(192 * 2 / 8 * 0.85), int(2048 * 2 / 8 * 0.85))  # 40, 435
+    assert 4 * cpu <= p5.vcpus and 4 * memory <= p5.memory_gib
+
+
+def test_gpu_scheduling_toleration_selector_and_shared_memory():
+    pod = deployment(make_spec(), pod_annotations={})["spec"]["template"]["spec"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["dshm"]["emptyDir"]["medium"] == "Memory"
+    assert volumes["hf-cache"]["hostPath"]["path"] == "/mnt/k8s-disks/0/huggingface"
+    mounts = {
+        m["mountPath"]
+        for m in containers({"spec": {"template": {"spec": pod}}})["trtllm-serve"]["volumeMounts"]
+    }
+    assert {"/dev/shm", "/hf-cache", "/etc/trtllm"} <= mounts
+
+
+def test_probes_allow_the_first_load_and_go_through_the_open_health_route():
+    server = containers(deployment(make_spec(startup_timeout_minutes=45), pod_annotations={}))["trtllm-serve"]
+    startup = server["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 45 * 60
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert server[probe]["httpGet"] == {"path": "/health", "port": "gateway"}
+
+
+def test_rollout_needs_no_spare_gpus_and_drains_gracefully():
+    manifest = deployment(make_spec(), pod_annotations={})
+    assert manifest["spec"]["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}
+    pod = manifest["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] >= 600
+    for container in pod["containers"]:
+        assert container["lifecycle"]["preStop"]["sleep"]["seconds"] > 0
+    assert disruption_budget(make_spec())["spec"]["maxUnavailable"] == 1
+
+
+def test_weights_are_downloaded_first_and_the_server_runs_offline():
+    pod = deployment(make_spec(), pod_annotations={})["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["initContainers"]] == ["prepare-cache", "download-weights"]
+    server = containers({"spec": {"template": {"spec": pod}}})["trtllm-serve"]
+    env = {var["name"]: var for var in server["env"]}
+    assert env["HF_HUB_OFFLINE"]["value"] == "1"
+    assert server["command"][:2] == ["trtllm-serve", "openai/gpt-oss-120b"]
+    assert server["command"][server["command"].index("--host") + 1] == "127.0.0.1"
+
+
+def test_no_secret_value_in_the_pod_spec_only_references():
+    pod = deployment(make_spec(), pod_annotations={})["spec"]["template"]["spec"]
+    for container in pod["initContainers"] + pod["containers"]:
+        for var in container.get("env", []):
+            if var["name"] == "HF_TOKEN":
+                assert set(var) == {"name", "valueFrom"}
+                assert var["valueFrom"]["secretKeyRef"]["name"] == "hf-token"
+
+
+def test_security_context_is_restrictive():
+    pod = deployment(make_spec(), pod_annotations={})["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    by_name = containers({"spec": {"template": {"spec": pod}}})
+    for name in ("download-weights", "trtllm-serve", "api-gateway"):
+        context = by_name[name]["securityContext"]
+        assert context["runAsNonRoot"] is True and context["allowPrivilegeEscalation"] is False
+        assert context["capabilities"] == {"drop": ["ALL"]}
+    assert by_name["api-gateway"]["securityContext"]["readOnlyRootFilesystem"] is True
+    # The one root step may only change the cache directory's owner.
+    assert by_name["prepare-cache"]["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["CHOWN"]}
+
+
+def test_gateway_sidecar_is_the_only_way_in():
+    spec = make_spec()
+    svc = service(spec)
+    assert svc["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "gateway", "protocol": "TCP"}]
+    gateway_container = containers(deployment(spec, pod_annotations={}))["api-gateway"]
+    assert gateway_container["image"] == gateway.GATEWAY_IMAGE
+    assert gateway_container["ports"][0]["name"] == "gateway"
+    conf = gateway_config_map(spec)["data"]["nginx.conf"]
+    assert "127.0.0.1:8000" in conf  # it forwards to the loopback-only server
+
+
+def test_load_balancer_is_internal_unless_asked():
+    internal = service(make_spec())
+    annotations = internal["metadata"]["annotations"]
+    assert annotations["service.beta.kubernetes.io/aws-load-balancer-internal"] == "true"
+    assert annotations["service.beta.kubernetes.io/aws-load-balancer-type"] == "nlb"
+    assert internal["spec"]["loadBalancerSourceRanges"] == ["10.42.0.0/16"]
+    public = service(make_spec(internet_facing=True, source_ranges=("203.0.113.0/24",)))
+    assert "service.beta.kubernetes.io/aws-load-balancer-internal" not in public["metadata"]["annotations"]
+    assert public["spec"]["loadBalancerSourceRanges"] == ["203.0.113.0/24"]
+
+
+def test_options_config_map_holds_the_rendered_options():
+    data = options_config_map(make_spec())["data"]
+    options = yaml.safe_load(data["extra-llm-api-options.yaml"])
+    assert options["kv_cache_config"]["free_gpu_memory_fraction"] == 0.8
+
+
+def test_recommended_labels_and_selector():
+    manifest = deployment(make_spec(), pod_annotations={})
+    labels = manifest["metadata"]["labels"]
+    for key in (
+        "app.kubernetes.io/name",
+        "app.kubernetes.io/instance",
+        "app.kubernetes.io/version",
+        "app.kubernetes.io/component",
+        "app.kubernetes.io/part-of",
+        "app.kubernetes.io/managed-by",
+    ):
+        assert key in labels
+    selector = manifest["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= manifest["spec"]["template"]["metadata"]["labels"].items()
+    assert service(make_spec())["spec"]["selector"] == selector
