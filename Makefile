@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STACK ?= prod
 STAMP := $(VENV)/.installed
 
-.PHONY: plan test render policies system-packages clean
+.PHONY: plan test test-fast lint format render policies system-packages clean
 NODE_STAMP := node_modules/.installed
 
 # The virtual environment, rebuilt when the pinned requirements change.
@@ -32,9 +32,25 @@ render: $(STAMP)
 policies: $(STAMP)
 	$(PY) -m policy.offline --stack $(STACK)
 
-## test: the whole suite (system packages first: the gateway tests run Debian's nginx)
-test: $(STAMP) $(NODE_STAMP) system-packages
+## lint: ruff (lint and format), mypy and the import-direction contracts, over the whole tree
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
+
+## format: apply ruff's formatting and safe fixes
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+## test: the gates, then the whole suite (system packages first: the gateway tests run nginx)
+test: lint $(NODE_STAMP) system-packages
 	$(PY) -m pytest
+
+## test-fast: the suite without the tests that start real processes (under 30 s)
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not slow"
 
 system-packages:
 	@./scripts/install-system-packages

@@ -75,7 +75,7 @@ async def _stream(writer: asyncio.StreamWriter, max_tokens: int, rate: float, pr
             if rate <= 0
             else min(max_tokens, math.floor((time.perf_counter() - started) * rate) + 1)
         )
-        batch = []
+        batch: list[bytes] = []
         while sent < due and len(batch) < 64:
             event = EVENT_TEMPLATE.format(model=MODEL, index=sent, stamp=time.perf_counter())
             batch.append(_http_chunk(event.encode()))
@@ -176,15 +176,16 @@ class FastServer:
             text=True,
         )
         assert self.process.stdout is not None and self.process.stdin is not None
-        self.port = int(self.process.stdout.readline())
+        self.stdin, self.stdout = self.process.stdin, self.process.stdout
+        self.port = int(self.stdout.readline())
 
     def peak_open(self) -> int:
-        self.process.stdin.write("stats\n")
-        self.process.stdin.flush()
-        return json.loads(self.process.stdout.readline())["max_open"]
+        self.stdin.write("stats\n")
+        self.stdin.flush()
+        return int(json.loads(self.stdout.readline())["max_open"])
 
     def close(self) -> None:
-        self.process.stdin.close()
+        self.stdin.close()
         try:
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:

@@ -106,7 +106,9 @@ class InferenceServer(pulumi.ComponentResource):
         )
         api_keys_secret = k8s.core.v1.Secret(
             f"{name}-api-gateway-keys",
-            metadata=k8s.meta.v1.ObjectMetaArgs(**workload.metadata(spec, spec.names.api_keys_secret, "gateway")),
+            metadata=k8s.meta.v1.ObjectMetaArgs(
+                **workload.metadata(spec, spec.names.api_keys_secret, "gateway")
+            ),
             type="Opaque",
             string_data={gateway.GATEWAY_API_KEYS_SECRET_KEY: key_map},
             opts=child("api-gateway-keys", depends_on=[namespace]),

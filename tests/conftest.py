@@ -32,3 +32,13 @@ def openai_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenAISe
         yield server
     finally:
         server.stop()
+
+
+# Fixtures that start real processes: a test that uses one is slow, whether or not it says so.
+SLOW_FIXTURES = frozenset({"openai_server", "cli_run", "analyzer", "real_gateway"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

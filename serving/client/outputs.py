@@ -85,4 +85,6 @@ def resolve_settings(args: argparse.Namespace, stdin: TextIO | None = None) -> E
     for name, value in (("endpoint", base_url), ("model", model), ("apiKey", api_key)):
         if value is not None and not isinstance(value, str):
             raise SettingsError(f"stack output {name!r} is {type(value).__name__}, expected a string")
-    return EndpointSettings(base_url=str(base_url), model=str(model), api_key=str(api_key) if api_key else None)
+    return EndpointSettings(
+        base_url=str(base_url), model=str(model), api_key=str(api_key) if api_key else None
+    )

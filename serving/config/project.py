@@ -7,6 +7,8 @@ here; `assemble_config` turns a stack file into the configuration a program rece
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import os
 from pathlib import Path
@@ -22,6 +24,12 @@ PLACEHOLDER_KUBECONFIG = "<kubeconfig from the stack's encrypted config>"
 
 
 def project() -> dict[str, Any]:
+    """Pulumi.yaml, parsed once per process (it does not change under a running program)."""
+    return copy.deepcopy(_parsed_project())
+
+
+@functools.cache
+def _parsed_project() -> dict[str, Any]:
     return yaml.safe_load((PROJECT_DIR / "Pulumi.yaml").read_text())
 
 

@@ -217,7 +217,7 @@ def load(name: str) -> dict[str, Any]:
 
 def triggers(workflow: dict[str, Any]) -> dict[str, Any]:
     # YAML 1.1 reads the key `on` as True.
-    return workflow.get("on", workflow.get(True)) or {}
+    return workflow.get("on", workflow.get(True)) or {}  # type: ignore[call-overload]
 
 
 def steps_using(job: dict[str, Any], action: str) -> list[dict[str, Any]]:
@@ -415,7 +415,7 @@ def test_checks_are_reusable_by_the_deploy_workflow():
     assert "workflow_call" in triggers(load("checks.yml"))
 
 
-# --- checks.yml: no credentials, test + plan, rendered stack attached ------------------------
+# --- checks.yml: no credentials, lint + test + plan, rendered stack attached ------------------------
 
 
 def test_checks_need_no_credentials_so_forks_get_them():
@@ -426,10 +426,10 @@ def test_checks_need_no_credentials_so_forks_get_them():
     assert "pull_request" in triggers(load("checks.yml"))
 
 
-def test_checks_run_make_test_and_make_plan_and_attach_build_prod():
+def test_checks_run_make_lint_test_and_plan_and_attach_build_prod():
     job = load("checks.yml")["jobs"]["test-and-plan"]
     runs = [s.get("run", "").strip() for s in job["steps"]]
-    assert runs.index("make test") < runs.index("make plan")
+    assert runs.index("make lint") < runs.index("make test") < runs.index("make plan")
     upload = one_step(job, "actions/upload-artifact")
     assert upload["with"]["path"].rstrip("/") == "build/prod"
     assert upload["with"]["if-no-files-found"] == "error"

@@ -150,7 +150,8 @@ def test_api_key_is_generated_put_in_a_secret_and_exported_as_a_secret():
 
 def test_outputs_app_teams_consume():
     outputs = plan().outputs
-    assert outputs["endpoint"].startswith("http://") and outputs["endpoint"].endswith("/v1")
+    endpoint = str(outputs["endpoint"])
+    assert endpoint.startswith("http://") and endpoint.endswith("/v1")
     assert outputs["model"] == "openai/gpt-oss-120b"
     assert outputs["namespace"] == "gpt-oss" and outputs["serviceName"] == "gpt-oss"
     assert outputs["clusterName"]

@@ -8,6 +8,7 @@ express (a missing taint, a wrong GPU limit, a leaked token...).
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 from pathlib import Path
@@ -55,6 +56,12 @@ def gpu_node_group(run: StackRun):
 @pytest.fixture(scope="module")
 def prod() -> StackRun:
     return run_stack("prod")
+
+
+@pytest.fixture
+def fresh_prod(prod: StackRun) -> StackRun:
+    """A copy of the prod run that a test may alter (one program run serves the module)."""
+    return copy.deepcopy(prod)
 
 
 def test_prod_passes_every_policy_with_every_policy_applicable(prod: StackRun):
@@ -138,21 +145,21 @@ def test_cli_reports_a_refused_configuration_with_exit_code_2():
 # --- broken variants: one resource of a real run altered -----------------------------------------
 
 
-def test_gpu_node_group_without_taint_fails():
-    run = run_stack("prod")
+def test_gpu_node_group_without_taint_fails(fresh_prod: StackRun):
+    run = fresh_prod
     gpu_node_group(run).inputs["taints"] = []
     assert failures(run) == [("gpu-node-group-tainted", gpu_node_group(run).name)]
 
 
-def test_gpu_limit_not_matching_tensor_parallel_size_fails():
-    run = run_stack("prod")
+def test_gpu_limit_not_matching_tensor_parallel_size_fails(fresh_prod: StackRun):
+    run = fresh_prod
     trtllm = container(run, "trtllm-serve")
     trtllm["resources"]["limits"]["nvidia.com/gpu"] = "1"
     assert failures(run) == [("gpu-limit-matches-parallelism", "gpt-oss-server")]
 
 
-def test_options_file_raising_tensor_parallel_size_fails_against_the_limit():
-    run = run_stack("prod")
+def test_options_file_raising_tensor_parallel_size_fails_against_the_limit(fresh_prod: StackRun):
+    run = fresh_prod
     options = next(
         r for r in run.plan.of_type(CONFIG_MAP) if "extra-llm-api-options.yaml" in r.inputs.get("data", {})
     )
@@ -163,8 +170,8 @@ def test_options_file_raising_tensor_parallel_size_fails_against_the_limit():
     assert failures(run) == [("gpu-limit-matches-parallelism", "gpt-oss-server")]
 
 
-def test_public_load_balancer_straight_to_the_server_fails():
-    run = run_stack("prod")
+def test_public_load_balancer_straight_to_the_server_fails(fresh_prod: StackRun):
+    run = fresh_prod
     endpoint = run.plan.one(SERVICE)
     endpoint.inputs["metadata"]["annotations"] = {}
     for port in endpoint.inputs["spec"]["ports"]:
@@ -194,21 +201,21 @@ def test_stack_secret_copied_into_a_config_map_fails():
     assert failures(run) == [("no-secret-in-plain-config", "gpt-oss-trtllm-options")]
 
 
-def test_launch_template_allowing_imdsv1_fails():
-    run = run_stack("prod")
+def test_launch_template_allowing_imdsv1_fails(fresh_prod: StackRun):
+    run = fresh_prod
     template = run.plan.one(LAUNCH_TEMPLATE, "gpu-nodes-launch-template")
     template.inputs["metadataOptions"]["httpTokens"] = "optional"
     assert failures(run) == [("imdsv2-required", "gpu-nodes-launch-template")]
 
 
-def test_unpinned_sidecar_image_fails():
-    run = run_stack("prod")
+def test_unpinned_sidecar_image_fails(fresh_prod: StackRun):
+    run = fresh_prod
     container(run, "api-gateway")["image"] = "docker.io/nginxinc/nginx-unprivileged:latest"
     assert failures(run) == [("container-images-pinned", "gpt-oss-server")]
 
 
-def test_more_replicas_than_the_node_holds_warns():
-    run = run_stack("prod")
+def test_more_replicas_than_the_node_holds_warns(fresh_prod: StackRun):
+    run = fresh_prod
     run.plan.one(DEPLOYMENT).inputs["spec"]["replicas"] = 5
     assert failures(run) == []
     assert warnings(run) == [("gpu-replicas-fit-nodes", "<stack>")]

@@ -17,7 +17,7 @@ import sys
 import time
 from typing import Any
 
-import grpc
+import grpc  # type: ignore[import-untyped]
 import pytest
 from google.protobuf import empty_pb2, struct_pb2
 from pulumi.runtime.proto import analyzer_pb2, analyzer_pb2_grpc
@@ -305,7 +305,7 @@ def test_launch_template_found_through_the_engines_property_dependencies():
 def test_gpu_limit_below_tensor_parallel_size_is_refused():
     report = check([deployment(gpu_limit=1), options_config_map()])
     violations = report.for_policy("gpu-limit-matches-parallelism")
-    assert [v.resource.name for v in violations] == ["trtllm"]
+    assert [v.resource.name for v in violations if v.resource] == ["trtllm"]
     assert "1 nvidia.com/gpu" in violations[0].message and "= 2" in violations[0].message
 
 
@@ -355,7 +355,7 @@ def test_internet_facing_load_balancer_through_the_gateway_passes():
 def test_internet_facing_load_balancer_straight_to_the_server_is_refused():
     stack = [deployment(), options_config_map(), service(target_port=8000)]
     violations = check(stack).for_policy("internet-facing-lb-requires-api-key")
-    assert [v.resource.name for v in violations] == ["endpoint"]
+    assert [v.resource.name for v in violations if v.resource] == ["endpoint"]
     assert "skip the key check" in violations[0].message
 
 
@@ -483,7 +483,7 @@ def test_nginx_config_that_matches_bearer_headers_is_not_a_secret():
 def test_launch_template_allowing_imdsv1_is_refused(http_tokens: str | None):
     report = check([launch_template(http_tokens=http_tokens)])
     violations = report.for_policy("imdsv2-required")
-    assert [v.resource.name for v in violations] == ["gpu-nodes"] and violations[0].mandatory
+    assert [v.resource.name for v in violations if v.resource] == ["gpu-nodes"] and violations[0].mandatory
 
 
 def test_launch_template_requiring_imdsv2_passes():
@@ -617,6 +617,7 @@ def analyzer() -> Any:
         stderr=subprocess.PIPE,
         env=env,
     )
+    assert process.stdout is not None and process.stderr is not None
     try:
         deadline = time.monotonic() + 30
         line = b""

@@ -34,7 +34,9 @@ def test_prod_stack_renders_command_options_and_capacity():
     assert (
         "trtllm-serve openai/gpt-oss-120b --host 127.0.0.1 --port 8000 --backend pytorch --tp_size 2" in out
     )
-    options = yaml.safe_load(re.search(r"```yaml\n(.*?)```", out, re.S).group(1))
+    block = re.search(r"```yaml\n(.*?)```", out, re.S)
+    assert block, out
+    options = yaml.safe_load(block.group(1))
     assert options["max_seq_len"] == 98304 and options["moe_config"] == {"backend": "TRITON"}
     assert "| KV per token | 36 KiB |" in out and "decode roofline" in out
 

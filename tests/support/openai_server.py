@@ -183,7 +183,7 @@ def build_tiny_model(cache_dir: Path) -> str:
             parameter.zero_()
         for module in model.modules():
             if module.__class__.__name__.endswith("RMSNorm"):
-                module.weight.fill_(1.0)
+                module.weight.fill_(1.0)  # type: ignore[operator]  # torch types Module attributes loosely
         model.model.embed_tokens.weight.copy_(torch.eye(vocab, hidden))
         for current in range(vocab):
             # Any token outside the chain (e.g. in the prompt) leads into the answer cycle.

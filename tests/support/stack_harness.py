@@ -85,7 +85,9 @@ def user_data_parts(launch_template: PlannedResource) -> dict[str, str]:
     if not text.startswith("MIME-Version"):
         return {"toml": text}
     message = email.message_from_string(text)
-    return {part.get_content_type(): part.get_payload() for part in message.walk() if not part.is_multipart()}
+    return {
+        part.get_content_type(): str(part.get_payload()) for part in message.walk() if not part.is_multipart()
+    }
 
 
 def node_config(launch_template: PlannedResource) -> dict[str, Any]:

@@ -231,6 +231,8 @@ def test_ttft_counts_reasoning_and_first_answer_token_is_reported_beside_it() ->
             16,
         )
     assert result.error is None
+    assert result.first_token_time is not None and result.first_content_time is not None
+    assert result.ttft_s is not None and result.ttft_content_s is not None and result.latency_s is not None
     sent = state.sent_at[0]
     first_reasoning = next(t for kind, t in sent if kind == "reasoning")
     first_content = next(t for kind, t in sent if kind == "content")
@@ -491,7 +493,12 @@ def test_bench_counts_failures_when_the_server_stops_mid_run(tmp_path: Path) -> 
         RunConfig(Endpoint.from_base_url(server.base_url), server.model, 400, 2, Timeouts(), {})
     )
     probe_texts: list[str] = []
-    calibrate(lambda text: probe_texts.append(text) or probe(text), PromptFactory("midrun", 0), 200)
+
+    def recording_probe(text: str) -> int:
+        probe_texts.append(text)
+        return probe(text)
+
+    calibrate(recording_probe, PromptFactory("midrun", 0), 200)
     command = [
         sys.executable,
         "-m",

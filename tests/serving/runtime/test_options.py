@@ -76,6 +76,7 @@ def test_options_yaml_round_trips_holds_only_real_field_names_and_is_stable():
     for key, value in parsed.items():
         field = schema.fields_of(schema.TOP_LEVEL)[key]
         if isinstance(value, dict):
+            assert field.nested is not None, key
             assert set(value) <= set(schema.fields_of(field.nested)), key
     for forbidden in ("served_model_name", "kv_cache_free_gpu_memory_fraction", "enable_trtllm_sampler"):
         assert forbidden not in parsed

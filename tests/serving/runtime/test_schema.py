@@ -161,6 +161,7 @@ def test_names_tensorrt_llm_would_refuse_are_absent(path: str) -> None:
 def test_hopper_moe_backend_is_a_choice_but_not_the_default() -> None:
     backend = schema.lookup("moe_config.backend")
     assert backend.default == "CUTLASS"  # 1.2.1: AUTO arrives later, so TRITON must be set
+    assert backend.choices is not None
     assert "TRITON" in backend.choices and "AUTO" not in backend.choices
     assert not schema.accepts_choice(backend, "triton")  # a Literal: case matters
 
@@ -234,7 +235,7 @@ def _problems(values: Mapping[str, Any], table: str, path: str = "") -> list[str
         spec = fields.get(key)
         if spec is None:
             problems.append(f"{path}{key}: unknown")
-        elif spec.kind == "object":
+        elif spec.kind == "object" and spec.nested is not None:
             problems += _problems(value, spec.nested, f"{path}{key}.")
         elif not _default_matches_kind(Field(spec.kind, value, nullable=True)):
             problems.append(f"{path}{key}: {value!r} is not a {spec.kind}")

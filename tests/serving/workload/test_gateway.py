@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -255,7 +256,7 @@ class Reply:
     headers: http.client.HTTPMessage
     body: bytes
 
-    def json(self) -> object:
+    def json(self) -> Any:
         return json.loads(self.body)
 
 
@@ -733,7 +734,7 @@ def test_graceful_stop_lets_a_running_stream_finish_and_refuses_new_connections(
     # worker_shutdown_timeout, and the container then exits cleanly.
     key = new_key()
     nginx = start_nginx(paced_upstream.port, [key], entrypoint_poll_seconds=1, entrypoint_shell=shell)
-    outcome: dict[str, object] = {}
+    outcome: dict[str, Any] = {}
 
     def consume() -> None:
         outcome["result"] = stream_chat(nginx.settings.listen_port, key, PACED_MODEL)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import kubernetes_validate
 import pytest
 import yaml
@@ -23,8 +25,8 @@ from serving.workload.manifests import (
 KUBERNETES_VERSION = "1.34"
 
 
-def make_spec(**changes) -> WorkloadSpec:
-    values = {
+def make_spec(**changes: Any) -> WorkloadSpec:
+    values: dict[str, Any] = {
         "names": WorkloadNames(namespace="gpt-oss"),
         "runtime": build_runtime(),
         "replicas": 4,
