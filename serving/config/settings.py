@@ -356,15 +356,21 @@ def _project_values(config: Mapping[str, Any]) -> dict[str, Any]:
     return values
 
 
+def _shown(value: Any) -> str:
+    """A value as the stack file wrote it: the engine passes `2` and `[..]` as text."""
+    decoded = _decoded(value)
+    return repr(decoded if isinstance(decoded, (int, float, list, dict)) else value)
+
+
 def _describe(error: Mapping[str, Any]) -> str:
-    """One pydantic error as "<key>[ = <value>]: <what would work>"."""
+    """One pydantic error as "<key> = <value>: <what would work>"."""
     key = str(error["loc"][0])
     if error["type"] == "extra_forbidden":
         close = difflib.get_close_matches(key, sorted(config_keys() | set(SECRET_KEYS)), n=1)
         hint = f"did you mean {close[0]}?" if close else "see docs/configuration.md for the settings"
-        return f"{_key(key)} = {error['input']!r}: unknown setting ({hint})"
+        return f"{_key(key)} = {_shown(error['input'])}: unknown setting ({hint})"
     message = str(error["msg"]).removeprefix("Value error, ")
-    return f"{_key(key)} = {error['input']!r}: {message}"
+    return f"{_key(key)} = {_shown(error['input'])}: {message}"
 
 
 def load_settings(config: Mapping[str, Any], secret_keys: Collection[str] = ()) -> StackSettings:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from serving.config.settings import PROJECT, SettingsError, load_settings
+from serving.config.project import declared_config
+from serving.config.settings import PROJECT, SECRET_KEYS, SettingsError, config_keys, load_settings
 
 TOKEN = frozenset({"hfAccessToken"})
 # p5.48xlarge (FACTS.md): 192 vCPU, 2 TiB of memory, 8 GPUs.
@@ -170,3 +171,30 @@ def test_server_resources_derive_from_the_node_type_or_are_set_explicitly():
     assert problem.startswith("gpt-oss-trtllm:serverMemoryGiB = 64: use at least 96 GiB")
     [problem] = problems(serverCpu=500)
     assert problem == "gpt-oss-trtllm:serverCpu = 500: expected a whole number from 0 to 192"
+
+
+def test_the_settings_model_reads_exactly_the_keys_pulumi_yaml_declares():
+    assert config_keys() | set(SECRET_KEYS) == set(declared_config())
+
+
+def test_unknown_keys_are_refused_with_the_closest_real_one():
+    [problem] = problems(gpuRootVolumeGib=300)
+    assert problem == (
+        "gpt-oss-trtllm:gpuRootVolumeGib = 300: unknown setting (did you mean gpuRootVolumeGiB?)"
+    )
+
+
+def test_engine_strings_are_read_as_their_declared_types():
+    # The engine hands every value to the program as text, objects as JSON.
+    settings = parse(replicas="2", clusterApiPrivateOnly="false", endpointSourceRanges='["10.0.0.0/8"]')
+    assert settings.serving.replicas == 2
+    assert settings.endpoint.source_ranges == ("10.0.0.0/8",)
+
+
+def test_gpus_per_replica_reaches_the_runtime():
+    four = parse(
+        gpusPerReplica=4, replicas=2, trtllmOptions={"tensor_parallel_size": 4, "moe_expert_parallel_size": 4}
+    )
+    assert four.serving.runtime.gpus_per_replica == 4
+    [problem] = problems(gpusPerReplica=4)
+    assert "tensor_parallel_size x pipeline_parallel_size = 2 x 1 = 2" in problem
