@@ -24,7 +24,7 @@ class CapacityReport:
     weights_bytes_per_gpu: float
     free_bytes_per_gpu_after_load: float
     kv_pool_bytes_per_replica: float
-    kv_bytes_per_token: int  # full-attention layers, whole model
+    kv_bytes_per_token: int  # every layer sized for every token (see kv_layers), whole model
     sliding_kv_bytes_per_sequence: int  # sliding-window layers, at most the window per sequence
     kv_tokens_per_replica: int
     sequences_at_max_seq_len: int
@@ -38,6 +38,20 @@ class CapacityReport:
 def kv_bytes_per_token_per_layer(runtime: ServingRuntime) -> int:
     model = runtime.model
     return 2 * model.kv_heads * model.head_dim * BYTES_PER_KV_ELEMENT  # K and V
+
+
+def kv_layers(runtime: ServingRuntime) -> tuple[int, int]:
+    """(layers that keep KV for every token, layers that keep at most the sliding window).
+
+    TensorRT-LLM 1.2.1's PyTorch backend makes per-window KV pools only when
+    kv_cache_config.max_attention_window lists the window sizes; without it every layer is
+    sized as full attention, sliding ones included (FACTS.md, PR #5151). With the list, the
+    split below is an approximation: the pools share memory in proportion to window x bytes.
+    """
+    model = runtime.model
+    if runtime.options.get("kv_cache_config", {}).get("max_attention_window"):
+        return model.full_attention_layers, model.sliding_attention_layers
+    return model.full_attention_layers + model.sliding_attention_layers, 0
 
 
 def plan_capacity(
@@ -54,10 +68,11 @@ def plan_capacity(
     kv_pool = max(free_per_gpu, 0) * runtime.kv_cache_free_gpu_memory_fraction * gpus
 
     per_layer = kv_bytes_per_token_per_layer(runtime)
-    per_token = per_layer * model.full_attention_layers
+    full_layers, sliding_layers = kv_layers(runtime)
+    per_token = per_layer * full_layers
 
     def sliding_bytes(tokens: int) -> int:
-        return per_layer * model.sliding_attention_layers * min(tokens, model.sliding_window_tokens)
+        return per_layer * sliding_layers * min(tokens, model.sliding_window_tokens)
 
     def sequences_that_fit(tokens: int) -> int:
         return int(kv_pool // (tokens * per_token + sliding_bytes(tokens)))
@@ -105,6 +120,7 @@ def render_capacity_table(report: CapacityReport) -> str:
     runtime, model, gpu = report.runtime, report.runtime.model, report.runtime.gpu
     gpus = runtime.tensor_parallel_size * runtime.pipeline_parallel_size
     per_layer = kv_bytes_per_token_per_layer(runtime)
+    full_layers, sliding_layers = kv_layers(runtime)
     fraction = runtime.kv_cache_free_gpu_memory_fraction
     rows = [
         ("**inputs**", "", ""),
@@ -127,7 +143,8 @@ def render_capacity_table(report: CapacityReport) -> str:
         (
             "KV layout",
             f"{model.kv_heads} KV heads x {model.head_dim} x {BYTES_PER_KV_ELEMENT} B x 2 (K,V)",
-            f"{model.full_attention_layers} full layers, {model.sliding_attention_layers} sliding ({model.sliding_window_tokens} tokens)",
+            f"{full_layers} layers sized for every token, {sliding_layers} for {model.sliding_window_tokens} tokens"
+            + ("" if sliding_layers else " (no max_attention_window: sliding layers are sized as full)"),
         ),
         ("free_gpu_memory_fraction", f"{fraction:g}", "kv_cache_config"),
         (
@@ -155,12 +172,12 @@ def render_capacity_table(report: CapacityReport) -> str:
         (
             "KV per token",
             f"{report.kv_bytes_per_token / KIB:.0f} KiB",
-            f"{per_layer / KIB:.0f} KiB x {model.full_attention_layers} full layers",
+            f"{per_layer / KIB:.0f} KiB x {full_layers} layers",
         ),
         (
             "sliding KV per sequence",
             f"{report.sliding_kv_bytes_per_sequence / KIB:.0f} KiB",
-            f"{per_layer / KIB:.0f} KiB x {model.sliding_attention_layers} layers x {model.sliding_window_tokens} tokens",
+            f"{per_layer / KIB:.0f} KiB x {sliding_layers} layers x {model.sliding_window_tokens} tokens",
         ),
         ("KV tokens per replica", f"{report.kv_tokens_per_replica:,}", "pool / KV per token"),
         (

@@ -38,7 +38,7 @@ def test_prod_stack_renders_command_options_and_capacity():
     assert block, out
     options = yaml.safe_load(block.group(1))
     assert options["max_seq_len"] == 98304 and options["moe_config"] == {"backend": "TRITON"}
-    assert "| KV per token | 36 KiB |" in out and "decode roofline" in out
+    assert "| KV per token | 72 KiB |" in out and "decode roofline" in out
 
 
 def test_options_flag_merges_and_bad_values_exit_2_with_the_reason():
