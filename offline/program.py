@@ -199,6 +199,9 @@ class RecordingMonitor(MockMonitor):
 def _reset_runtime() -> None:
     runtime_settings.set_root_resource(None)  # type: ignore[arg-type]
     runtime_settings.SETTINGS.outputs.clear()
+    # A run's configuration must not outlive it: code that reads pulumi.Config later in the same
+    # process (the policy pack's default budget, say) would see the last stack's values.
+    pulumi.runtime.set_all_config({}, [])
 
 
 def _resolve(value: Any) -> tuple[Any, bool]:

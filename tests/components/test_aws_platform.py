@@ -211,7 +211,8 @@ def test_h200_instances_flow_through_and_have_no_price_claim():
     assert result.outputs["gpuInstanceType"] == "p5e.48xlarge"
     # FACTS.md has no checked p5e price: the stack must not invent one.
     assert "gpuOnDemandUsdPerHour" not in result.outputs
-    assert plan().outputs["gpuOnDemandUsdPerHour"] == pytest.approx(55.04)
+    # FACTS.md: about 55 USD an hour for one p5.48xlarge on demand in us-east-1.
+    assert 50 <= float(str(plan().outputs["gpuOnDemandUsdPerHour"])) <= 60
 
 
 def test_bottlerocket_gets_ephemeral_storage_settings_and_no_extra_device_plugin():

@@ -116,10 +116,27 @@ def test_pulumi_yaml_defaults_apply_and_the_stack_file_wins():
     assert json.loads(values["gpt-oss-trtllm:gpuNodeSelector"]) == {"nvidia.com/gpu.present": "true"}
 
 
-def test_kubernetes_objects_match_the_registered_kubernetes_resources():
+def test_each_written_object_is_the_registered_resource_of_its_type():
     result = plan()
-    registered = [r for r in result.resources if r.type.startswith("kubernetes:")]
-    assert len(kubernetes_objects(result)) == len(registered)
+    objects = kubernetes_objects(result)
+    # Every object says the group, version and kind its resource type names, once per name.
+    for obj in objects:
+        group_version = obj["apiVersion"] if "/" in obj["apiVersion"] else f"core/{obj['apiVersion']}"
+        token = f"kubernetes:{group_version}:{obj['kind']}"
+        names = [r.inputs.get("metadata", {}).get("name") for r in result.of_type(token)]
+        assert obj["metadata"]["name"] in names, (token, obj["metadata"]["name"])
+    identities = [(o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]) for o in objects]
+    assert len(identities) == len(set(identities))
+    kinds = {o["kind"] for o in objects}
+    assert {
+        "Namespace",
+        "DaemonSet",
+        "Deployment",
+        "Service",
+        "ConfigMap",
+        "Secret",
+        "PodDisruptionBudget",
+    } <= kinds
 
 
 @pytest.mark.slow

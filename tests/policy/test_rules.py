@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -533,8 +534,11 @@ def test_pinned_images_pass(image: str):
 
 def test_two_p5_nodes_exceed_the_default_budget_as_an_advisory():
     violations = check([node_group(desired=2)]).for_policy("gpu-cost-within-budget")
-    assert len(violations) == 1 and not violations[0].mandatory
-    assert "110.08 USD an hour" in violations[0].message and "60.00" in violations[0].message
+    [violation] = violations
+    assert not violation.mandatory and "60.00 USD" in violation.message
+    # Two nodes at about 55 USD an hour each (FACTS.md), named in the message.
+    cost = float(re.search(r"([0-9.]+) USD an hour", violation.message).group(1))  # type: ignore[union-attr]
+    assert 100 <= cost <= 120
 
 
 def test_one_p5_node_fits_the_default_budget_and_a_raised_budget_fits_two():

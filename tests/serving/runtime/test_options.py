@@ -80,9 +80,19 @@ def test_options_yaml_round_trips_holds_only_real_field_names_and_is_stable():
             assert set(value) <= set(schema.fields_of(field.nested)), key
     for forbidden in ("served_model_name", "kv_cache_free_gpu_memory_fraction", "enable_trtllm_sampler"):
         assert forbidden not in parsed
-    # Sorted keys: the same settings give the same bytes, whatever order they were written in.
-    reordered = build_runtime({"max_num_tokens": 8192, "kv_cache_config": {"enable_block_reuse": True}})
-    assert render_options_yaml(reordered) == text
+    # Sorted keys at every level: the same settings give the same bytes, whatever order they
+    # were written in (new keys included, nested ones too).
+    written = {
+        "print_iter_log": True,
+        "stream_interval": 4,
+        "kv_cache_config": {"tokens_per_block": 32, "host_cache_size": 0},
+    }
+    backwards = {
+        "kv_cache_config": {"host_cache_size": 0, "tokens_per_block": 32},
+        "stream_interval": 4,
+        "print_iter_log": True,
+    }
+    assert render_options_yaml(build_runtime(written)) == render_options_yaml(build_runtime(backwards))
     top_level_keys = [line.split(":")[0] for line in text.splitlines() if line and line[0].isalpha()]
     assert top_level_keys == sorted(top_level_keys)
 
@@ -183,7 +193,8 @@ def test_misspelt_and_unknown_top_level_keys_fail():
     assert "max_batch_sise: unknown option (did you mean max_batch_size?)" in problems
     assert any(p.startswith("served_model_name: unknown option") for p in problems)
     assert any(p.startswith("kv_cache_free_gpu_memory_fraction: unknown option") for p in problems)
-    assert len(problems) == 3
+    # Nothing else is blamed: every problem is about one of the three keys.
+    assert all(p.startswith(("max_batch_sise", "served_model_name", "kv_cache_free")) for p in problems)
 
 
 def test_wrong_kinds_are_refused():
@@ -266,7 +277,8 @@ def test_values_that_cannot_work_fail_with_a_message_naming_setting_value_and_fi
 
 def test_every_problem_is_reported_at_once():
     problems = problems_of({"max_seq_len": 200000, "kv_cache_config": {"free_gpu_memory_fraction": 2}})
-    assert len(problems) == 2
+    assert any(p.startswith("max_seq_len = 200000:") for p in problems), problems
+    assert any(p.startswith("kv_cache_config.free_gpu_memory_fraction = 2") for p in problems), problems
 
 
 def test_a_valid_override_of_the_parallelism_passes():
