@@ -44,7 +44,6 @@ from typing import Any, Final
 
 TRTLLM_VERSION: Final = "1.2.1"
 # The commit the 1.2.1 release docs were built from (the pages read for this module say so).
-TRTLLM_SOURCE_COMMIT: Final = "376f7e1"
 CONTAINER_IMAGE: Final = "nvcr.io/nvidia/tensorrt-llm/release:1.2.1"
 
 # The table the YAML's top level is checked against: TorchLlmArgs, including what it inherits
@@ -639,11 +638,6 @@ CONVERTED_BY_SERVE: Final = (
 DEEP_MERGED_BY_SERVE: Final = frozenset({"kv_cache_config"})
 
 # The exact refusals, for documentation and for error messages that match what operators see.
-UNKNOWN_TOP_LEVEL_MESSAGE: Final = "LLM got invalid argument: {key}"
-UNKNOWN_NESTED_MESSAGE: Final = "Extra inputs are not permitted"
-TRT_ONLY_MESSAGE: Final = (
-    "The following arguments are specific to TensorRT backend and cannot be used with PyTorch backend: {keys}"
-)
 
 # ---------------------------------------------------------------------------------------------
 # trtllm-serve (the `serve` subcommand) options, 1.2.1. Names are exact; `aliases` are other
@@ -775,28 +769,6 @@ NOT_SERVE_OPTIONS: Final = frozenset(
 #     take only the option names from them.
 #   * It says nothing about the KV cache dtype on Hopper: `kv_cache_config.dtype: auto` (bf16 KV
 #     for this checkpoint) is FACTS.md's, and what NVIDIA's H200 configs below set.
-# NVIDIA's per-GPU config database (examples/configs/database/openai/gpt-oss-120b/H200/, read at
-# the newest stored version, so not pinned to 1.2.1) has, for 2 x H200, 8k/1k tokens, 16
-# concurrent requests (the closest to this stack's benchmark), the values below. Every key is a
-# 1.2.1 field (tests/test_trtllm_schema.py checks that).
-GPT_OSS_H200_TP2_CONC16_REFERENCE: Final[Mapping[str, Any]] = MappingProxyType(
-    {
-        "tensor_parallel_size": 2,
-        "moe_expert_parallel_size": 2,
-        "enable_attention_dp": False,
-        "moe_config": {"backend": "TRITON"},
-        "kv_cache_config": {"dtype": "auto", "enable_block_reuse": False, "free_gpu_memory_fraction": 0.85},
-        "cuda_graph_config": {"enable_padding": True, "max_batch_size": 16},
-        "stream_interval": 20,
-        "num_postprocess_workers": 4,
-        "print_iter_log": True,
-        "max_num_tokens": 20000,
-        "max_seq_len": 9236,
-        "trust_remote_code": True,
-        "backend": "pytorch",
-        "env_overrides": {"TRTLLM_ENABLE_PDL": 1},
-    }
-)
 
 # ---------------------------------------------------------------------------------------------
 # Helpers.

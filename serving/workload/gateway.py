@@ -32,16 +32,13 @@ from dataclasses import dataclass
 # (nginx/docker-nginx-unprivileged, stable/alpine*/Dockerfile: NGINX_VERSION=1.30.4, UID=101,
 # EXPOSE 8080) builds and that public Dockerfiles pin as `nginxinc/nginx-unprivileged:1.30.4-alpine`.
 # Pinned to an exact release: a sidecar that changes under a running stack is a silent upgrade.
-GATEWAY_IMAGE = "docker.io/nginxinc/nginx-unprivileged:1.30.4-alpine"
 GATEWAY_IMAGE_NGINX_VERSION = "1.30.4"
+GATEWAY_IMAGE = f"docker.io/nginxinc/nginx-unprivileged:{GATEWAY_IMAGE_NGINX_VERSION}-alpine"
 GATEWAY_RUN_AS_USER = 101
 GATEWAY_RUN_AS_GROUP = 101
 
-# The nginx that the tests run (Debian 12 "bookworm", package `nginx`). The rendered configuration
-# only uses directives that both 1.22 and 1.30 accept, so a config that passes the tests here also
-# loads in the image.
-TEST_NGINX_DEBIAN_PACKAGE = "nginx"
-TEST_NGINX_VERSION = "1.22.1"
+# The tests run Debian 12's nginx (1.22); the rendered configuration only uses directives that
+# both 1.22 and 1.30 accept, so a config that passes the tests here also loads in the image.
 
 # Where the pod mounts things. nginx.conf replaces the image's own file through a subPath mount of
 # the ConfigMap. The key map is a whole Secret volume mounted as a directory, NOT a subPath: the

@@ -26,12 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from serving.workload.gateway import (
-    TEST_NGINX_DEBIAN_PACKAGE,
     GatewaySettings,
     render_api_key_map,
     render_entrypoint_script,
     render_nginx_conf,
 )
+
+# The nginx the tests run: Debian 12 "bookworm"'s package (1.22.1), installed by
+# scripts/install-system-packages.
+TEST_NGINX_DEBIAN_PACKAGE = "nginx"
 
 NGINX_SEARCH_PATHS = ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx")
 STARTUP_TIMEOUT_SECONDS = 10.0
