@@ -8,7 +8,7 @@ from pathlib import Path
 
 from offline.program import run_program
 from offline.render import check_no_secrets, render_tree, write_plan
-from serving.config.project import PROJECT_DIR, parse_assignments, stack_file
+from serving.config.project import PROJECT_DIR, add_stack_arguments, parse_assignments, stack_file
 from serving.config.settings import SettingsError
 
 
@@ -16,19 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m offline")
     commands = parser.add_subparsers(dest="command", required=True)
     plan = commands.add_parser("plan", help="run __main__.py under Pulumi mocks and show the plan")
-    plan.add_argument(
-        "--stack",
-        default="prod",
-        help="a stack name (Pulumi.<stack>.yaml) or the path of a stack file (default prod)",
-    )
-    plan.add_argument(
-        "--set",
-        dest="settings",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a stack setting for this run, e.g. --set gpuNodeCount=2 (repeatable)",
-    )
+    add_stack_arguments(plan)
     plan.add_argument(
         "--out", type=Path, default=PROJECT_DIR / "build", help="writes <out>/<stack>/ (default build/)"
     )

@@ -27,6 +27,7 @@ from pulumi_policy import Policy, PolicyResource
 
 from policy.engine import PolicyReport, policy_resource, run_policies
 from policy.rules import POLICIES
+from serving.config.project import add_stack_arguments
 
 SECRET_MARK = "[secret]"
 
@@ -155,19 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m policy.offline",
         description="Run the policy pack over the stack's resources under Pulumi mocks (no cloud).",
     )
-    parser.add_argument(
-        "--stack",
-        default="prod",
-        help="a stack name (Pulumi.<stack>.yaml) or the path of a stack file (default prod)",
-    )
-    parser.add_argument(
-        "--set",
-        dest="settings",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a stack setting for this run, e.g. --set gpuNodeCount=2 (repeatable)",
-    )
+    add_stack_arguments(parser)
     parser.add_argument(
         "--policy-config",
         type=Path,

@@ -12,7 +12,7 @@ import shlex
 import sys
 
 from serving.client.bench import DEFAULT_INPUT_TOKENS, DEFAULT_OUTPUT_TOKENS
-from serving.config.project import assemble_config, parse_assignments
+from serving.config.project import add_stack_arguments, assemble_config, parse_assignments
 from serving.config.settings import PROJECT, SettingsError, load_settings
 from serving.runtime.capacity import plan_capacity, render_capacity_table
 from serving.runtime.options import (
@@ -74,19 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "render",
         help="print the trtllm-serve command, its options file and the capacity table",
     )
-    parser.add_argument(
-        "--stack",
-        default="prod",
-        help="a stack name (Pulumi.<stack>.yaml) or the path of a stack file (default prod)",
-    )
-    parser.add_argument(
-        "--set",
-        dest="settings",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a stack setting, e.g. --set replicas=2 (repeatable)",
-    )
+    add_stack_arguments(parser)
     parser.add_argument(
         "--options", help="JSON merged over the stack's trtllmOptions, e.g. '{\"max_batch_size\": 32}'"
     )

@@ -7,6 +7,7 @@ here; `assemble_config` turns a stack file into the configuration a program rece
 
 from __future__ import annotations
 
+import argparse
 import copy
 import functools
 import json
@@ -142,3 +143,20 @@ def parse_assignments(pairs: list[str]) -> dict[str, object]:
             raise ValueError(f"--set {pair!r}: write KEY=VALUE, e.g. --set replicas=2")
         overrides[key] = yaml.safe_load(raw) if raw else ""
     return overrides
+
+
+def add_stack_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--stack` and `--set`, the same for every command that reads a stack file offline."""
+    parser.add_argument(
+        "--stack",
+        default="prod",
+        help="a stack name (Pulumi.<stack>.yaml) or the path of a stack file (default prod)",
+    )
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a stack setting for this run, e.g. --set replicas=2 (repeatable)",
+    )
