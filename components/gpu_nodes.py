@@ -17,11 +17,10 @@ import pulumi_aws as aws
 
 from components.cluster import EksCluster
 from serving.config.settings import GpuNodeSettings
+from serving.runtime.hardware import AL2023_NVME_MOUNT
 
 GPU_TAINT_KEY = "nvidia.com/gpu"
-# AL2023: nodeadm's RAID0 strategy assembles every instance-store NVMe drive into one array and
-# mounts it at /mnt/k8s-disks/0 (the workload's weights cache, `weightsHostPath`, lives there).
-AL2023_RAID_MOUNT = "/mnt/k8s-disks/0"
+AL2023_RAID_MOUNT = AL2023_NVME_MOUNT  # where nodeadm mounts the NVMe RAID0 array
 MIME_BOUNDARY = "==GPT-OSS-NODECONFIG=="
 
 

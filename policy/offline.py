@@ -101,7 +101,11 @@ class StackRun:
     known_secrets: set[str]
 
 
-def run_stack(stack: str = "prod", overrides: Mapping[str, object] | None = None) -> StackRun:
+def run_stack(
+    stack: str = "prod",
+    overrides: Mapping[str, object] | None = None,
+    secrets: Mapping[str, str] | None = None,
+) -> StackRun:
     """Run the program for `stack` (settings overridden by `overrides`) under Pulumi mocks.
 
     The program validates the configuration with the stack's one loader; the budget the pack
@@ -110,7 +114,7 @@ def run_stack(stack: str = "prod", overrides: Mapping[str, object] | None = None
     from offline.program import run_program
     from serving.config.settings import load_settings
 
-    plan = run_program(stack, config=dict(overrides) if overrides else None)
+    plan = run_program(stack, config=dict(overrides) if overrides else None, secrets=dict(secrets or {}))
     values = plan.config
     budget = load_settings(values, plan.secret_config_keys).cost_budget_usd_per_hour
     known_secrets = {values[key] for key in plan.secret_config_keys if values.get(key)}

@@ -80,8 +80,8 @@ def _config_text(value: Any) -> str:
     """Config values as the engine hands them to the program: strings, objects as JSON."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, (dict, list)):
-        return json.dumps(value)
+    if isinstance(value, (dict, list)) or value is None:
+        return json.dumps(value)  # a YAML null arrives as "null"
     return str(value)
 
 
@@ -124,8 +124,8 @@ def assemble_config(
         full = _full_key(name, key)
         if full not in values and isinstance(spec, dict) and "default" in spec:
             values[full] = spec["default"]
-        if isinstance(spec, dict) and spec.get("secret") and full in values:
-            secret_keys.add(full)
+    # A declared secret written in plain text stays plain text, as the CLI passes it for an
+    # untyped key: the settings loader refuses it rather than this runner hiding it.
 
     token_key = f"{name}:hfAccessToken"
     if token_key not in values:

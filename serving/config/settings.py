@@ -31,7 +31,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from serving.config.project import declared_config, project_name
-from serving.runtime.hardware import GPT_OSS_120B, INSTANCE_TYPES, MODELS, InstanceType
+from serving.runtime.hardware import AL2023_NVME_MOUNT, GPT_OSS_120B, INSTANCE_TYPES, MODELS, InstanceType
 from serving.runtime.options import RuntimeConfigError, ServingRuntime, build_runtime
 from serving.workload.manifests import replica_resources
 
@@ -48,6 +48,39 @@ MIN_SERVER_MEMORY_GIB = 96
 # Keys whose values are secrets: read with get_secret, never unwrapped by the program.
 SECRET_KEYS = ("hfAccessToken", "kubeconfig")
 MAX_GPU_NODES = 64
+# Configuration namespaces this program or its providers read, besides the project's own.
+OTHER_NAMESPACES = ("aws", "kubernetes", "random", "pulumi")
+# Namespaces Kubernetes or EKS own; the workload must not share them.
+RESERVED_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+# Ranges no caller on the internet has: listing one for the public API endpoint means nothing.
+NON_PUBLIC_RANGES = tuple(
+    ipaddress.IPv4Network(block)
+    for block in (
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+    )
+)
+# Node directories the weights cache must not be, contain or sit in: the root init step hands
+# the directory to the server's uid.
+SYSTEM_DIRECTORIES = (
+    "/bin",
+    "/boot",
+    "/dev",
+    "/etc",
+    "/lib",
+    "/lib64",
+    "/proc",
+    "/root",
+    "/run",
+    "/sbin",
+    "/sys",
+    "/usr",
+)
+NODE_STATE_DIRECTORIES = ("/var/lib/kubelet", "/var/lib/containerd", "/var/log")
 
 
 class SettingsError(ValueError):
@@ -124,10 +157,24 @@ def _list(example: str) -> BeforeValidator:
 
 def _cidr(value: Any) -> str:
     try:
-        ipaddress.ip_network(value)
+        network = ipaddress.IPv4Network(value)  # strict: no host bits after the prefix
     except (TypeError, ValueError):
-        raise ValueError("not a CIDR; write it as a.b.c.d/n, e.g. 10.0.0.0/8") from None
+        raise ValueError("not an IPv4 CIDR block; write it as a.b.c.d/n, e.g. 10.0.0.0/8") from None
+    if "/" not in str(value):
+        raise ValueError(
+            f"a bare address; write the block, e.g. {network.network_address}/32 for one address"
+        )
     return str(value)
+
+
+def _public_cidr(value: str) -> str:
+    network = ipaddress.IPv4Network(value)
+    if any(network.subnet_of(block) for block in NON_PUBLIC_RANGES):
+        raise ValueError(
+            "a private range, which never reaches the public API endpoint; list public egress "
+            "ranges here (in-VPC callers use the private endpoint, which is always on)"
+        )
+    return value
 
 
 def _string_map(value: Any) -> dict[str, str]:
@@ -152,9 +199,11 @@ def _options(value: Any) -> dict[str, Any]:
 
 def _vpc_block(value: str) -> str:
     try:
-        network = ipaddress.ip_network(value)
+        network = ipaddress.IPv4Network(value)
     except ValueError:
-        raise ValueError("not a CIDR; e.g. 10.42.0.0/16") from None
+        raise ValueError("not an IPv4 CIDR block; e.g. 10.42.0.0/16") from None
+    if network.prefixlen < 16:
+        raise ValueError("AWS allows VPC blocks from /16 to /28; use a /16 to /20, e.g. 10.42.0.0/16")
     if network.prefixlen > 20:
         raise ValueError(
             "use a /20 or larger block (e.g. 10.42.0.0/16) so that every zone gets public and "
@@ -178,18 +227,45 @@ def _role_arn(value: str) -> str:
 def _namespace(value: str) -> str:
     if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", value):
         raise ValueError("a Kubernetes namespace: lower-case letters, digits and hyphens")
+    if value in RESERVED_NAMESPACES:
+        raise ValueError("a namespace Kubernetes owns; give the workload its own, e.g. gpt-oss")
     return value
 
 
 def _host_path(value: str) -> str:
-    if not value.startswith("/") or value.rstrip("/") in ("", "/etc", "/var", "/usr"):
-        raise ValueError("an absolute directory on the node's local NVMe, e.g. /mnt/k8s-disks/0/huggingface")
-    return value
+    example = f"e.g. {AL2023_NVME_MOUNT}/huggingface"
+    if (
+        not value.startswith("/")
+        or ".." in value.split("/")
+        or "//" in value
+        or value.rstrip("/") in ("", "/var", "/var/lib", "/mnt")
+    ):
+        raise ValueError(f"an absolute directory on the node's local NVMe, without '..', {example}")
+    path = value.rstrip("/")
+    for system in SYSTEM_DIRECTORIES + NODE_STATE_DIRECTORIES:
+        if path == system or path.startswith(system + "/") or system.startswith(path + "/"):
+            raise ValueError(f"inside or above {system}, which the node owns; {example}")
+    return path
 
 
 def _gpu_instance_type(value: str) -> str:
     if value not in INSTANCE_TYPES:
         raise ValueError("not a known GPU instance type; use one of " + ", ".join(INSTANCE_TYPES))
+    return value
+
+
+def _instance_type_name(value: str) -> str:
+    # The shape of every EC2 type name: family, then a size AWS uses (no API call offline).
+    if not re.fullmatch(
+        r"[a-z][a-z0-9-]*\.(nano|micro|small|medium|large|xlarge|[0-9]+xlarge|metal(-[0-9]+xl)?)", value
+    ):
+        raise ValueError("not an EC2 instance type (family.size, e.g. m7i.large or m7i.xlarge)")
+    return value
+
+
+def _region(value: str) -> str:
+    if not re.fullmatch(r"[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]", value):
+        raise ValueError("not an AWS region name, e.g. us-east-1")
     return value
 
 
@@ -202,6 +278,9 @@ def _known_model(value: str) -> str:
 Text = Annotated[str, BeforeValidator(_text)]
 Flag = Annotated[bool, BeforeValidator(_flag)]
 Cidrs = Annotated[list[Annotated[str, AfterValidator(_cidr)]], _list('["10.0.0.0/8"]')]
+PublicCidrs = Annotated[
+    list[Annotated[str, AfterValidator(_cidr), AfterValidator(_public_cidr)]], _list('["203.0.113.0/24"]')
+]
 RoleArns = Annotated[
     list[Annotated[Text, AfterValidator(_role_arn)]], _list('["arn:aws:iam::<account>:role/<name>"]')
 ]
@@ -217,7 +296,7 @@ class StackConfig(BaseModel):
     vpc_cidr: Annotated[Text, AfterValidator(_vpc_block)] = Field(alias="vpcCidr")
     availability_zone_count: Annotated[int, _whole_number(2, 6)] = Field(alias="availabilityZoneCount")
     cluster_admin_role_arns: RoleArns = Field(alias="clusterAdminRoleArns")
-    cluster_api_public_cidrs: Cidrs = Field(alias="clusterApiPublicCidrs")
+    cluster_api_public_cidrs: PublicCidrs = Field(alias="clusterApiPublicCidrs")
     cluster_api_private_only: Flag = Field(alias="clusterApiPrivateOnly")
     gpu_instance_type: Annotated[Text, AfterValidator(_gpu_instance_type)] = Field(alias="gpuInstanceType")
     gpu_node_count: Annotated[int, _whole_number(1, MAX_GPU_NODES)] = Field(alias="gpuNodeCount")
@@ -226,7 +305,9 @@ class StackConfig(BaseModel):
     capacity_reservation_id: Text = Field(alias="capacityReservationId")
     capacity_reservation_zone: Text = Field(alias="capacityReservationZone")
     gpu_root_volume_gib: Annotated[int, _whole_number(100, 2000)] = Field(alias="gpuRootVolumeGiB")
-    system_instance_type: Text = Field(alias="systemInstanceType")
+    system_instance_type: Annotated[Text, AfterValidator(_instance_type_name)] = Field(
+        alias="systemInstanceType"
+    )
     system_node_count: Annotated[int, _whole_number(1, 10)] = Field(alias="systemNodeCount")
     allow_unlisted_region: Flag = Field(alias="allowUnlistedRegion")
     gpu_node_selector: Annotated[dict[str, str], BeforeValidator(_string_map)] = Field(
@@ -359,6 +440,8 @@ def _project_values(config: Mapping[str, Any]) -> dict[str, Any]:
 def _shown(value: Any) -> str:
     """A value as the stack file wrote it: the engine passes `2` and `[..]` as text."""
     decoded = _decoded(value)
+    if decoded is None:
+        return "null"
     return repr(decoded if isinstance(decoded, (int, float, list, dict)) else value)
 
 
@@ -378,16 +461,16 @@ def load_settings(config: Mapping[str, Any], secret_keys: Collection[str] = ()) 
 
     `config`: full keys (`<project>:<key>`, `aws:region`) to values, as strings the way the
     engine passes them, or already decoded. `secret_keys`: which full keys hold secrets; their
-    values are ignored here (only whether they are set counts).
+    values are never read here (only whether they are set, and set as secrets).
     """
     present = {key.removeprefix(f"{PROJECT}:") for key in secret_keys if config.get(key) not in (None, "")}
     values = _project_values(config)
     region = config.get("aws:region") or None
-    problems: list[str] = []
+    problems = _namespace_problems(config) + _plain_text_secrets(config, secret_keys)
     try:
         stack = StackConfig.model_validate(values)
     except ValidationError as error:
-        problems = [_describe(e) for e in error.errors()]
+        problems += [_describe(e) for e in error.errors()]
         # Keys that failed take their defaults, so the cross-key checks below still run and
         # every problem is reported at once; a cross-key problem about a failed key is dropped.
         failed = {str(e["loc"][0]) for e in error.errors()}
@@ -405,10 +488,44 @@ def load_settings(config: Mapping[str, Any], secret_keys: Collection[str] = ()) 
             if not any(p.startswith(f"{_key(k)} ") for k in failed)
         ]
         raise SettingsError(problems) from None
-    settings, problems = _derive(stack, region, present)
+    settings, derived = _derive(stack, region, present)
+    problems += derived
     if problems or settings is None:
         raise SettingsError(problems)
     return settings
+
+
+def _namespace_problems(config: Mapping[str, Any]) -> list[str]:
+    """Keys in a namespace nothing reads, or a misspelt `aws:region`: silently ignored otherwise."""
+    problems = []
+    known = (PROJECT, *OTHER_NAMESPACES)
+    for key in config:
+        namespace, _, name = key.partition(":")
+        if namespace not in known:
+            close = difflib.get_close_matches(namespace, known, n=1)
+            hint = (
+                f"did you mean {close[0]}:{name}?" if close else "the namespaces read are " + ", ".join(known)
+            )
+            problems.append(f"{key} = {_shown(config[key])}: unknown namespace {namespace!r} ({hint})")
+        elif (
+            namespace == "aws"
+            and name != "region"
+            and difflib.get_close_matches(name, ["region"], cutoff=0.7)
+        ):
+            problems.append(
+                f"{key} = {_shown(config[key])}: not an AWS provider setting (did you mean aws:region?)"
+            )
+    return problems
+
+
+def _plain_text_secrets(config: Mapping[str, Any], secret_keys: Collection[str]) -> list[str]:
+    """A secret key set in plain text: the CLI enforces `secure:` only for typed keys."""
+    return [
+        f"{_key(name)} is set in plain text (value not shown): it must be a secret; remove it from "
+        f"the stack file and run `pulumi config set --secret {name} ...`"
+        for name in SECRET_KEYS
+        if config.get(_key(name)) not in (None, "") and _key(name) not in secret_keys
+    ]
 
 
 def _derive(
@@ -445,6 +562,36 @@ def _derive(
             "list the egress CIDRs of your CI runners and operators (IAM authentication "
             'still applies), or ["0.0.0.0/0"] for any address; for a stack deployed from '
             "inside the VPC, set clusterApiPrivateOnly true instead",
+        )
+
+    if not existing_cluster and region is None:
+        problems.append(
+            "aws:region is not set: run `pulumi config set aws:region us-east-1` (a region that "
+            f"offers {stack.gpu_instance_type})"
+        )
+    elif region is not None:
+        try:
+            _region(region)
+        except ValueError as error:
+            problems.append(f"aws:region = {region!r}: {error}")
+    if existing_cluster and not stack.gpu_node_selector:
+        fail(
+            "gpuNodeSelector",
+            {},
+            "with an existing cluster, name the labels its GPU nodes carry, e.g. "
+            '{"nvidia.com/gpu.present": "true"}: without them the server pods could land anywhere',
+        )
+    nvme = AL2023_NVME_MOUNT + "/"
+    if (
+        not existing_cluster
+        and stack.gpu_ami_type.startswith("AL2023")
+        and not stack.weights_host_path.startswith(nvme)
+    ):
+        fail(
+            "weightsHostPath",
+            stack.weights_host_path,
+            f"on AL2023 GPU nodes the local NVMe array is mounted at {AL2023_NVME_MOUNT}; put the "
+            f"cache below it, e.g. {nvme}huggingface",
         )
 
     instance = INSTANCE_TYPES[stack.gpu_instance_type]
@@ -522,13 +669,18 @@ def _derive(
     elif not existing_cluster and replicas * gpus_per_replica > gpu_nodes.total_gpus:
         needed = replicas * gpus_per_replica
         per_node = instance.gpus // gpus_per_replica
+        nodes_needed = -(-replicas // per_node)
+        more_nodes = (
+            f"raise gpuNodeCount to {nodes_needed}"
+            if nodes_needed <= MAX_GPU_NODES
+            else f"at most {MAX_GPU_NODES * per_node} replicas fit the {MAX_GPU_NODES} nodes allowed"
+        )
         fail(
             "replicas",
             replicas,
             f"{replicas} replicas x {gpus_per_replica} GPUs = {needed} GPUs, but "
             f"{gpu_nodes.node_count} x {instance.name} have {gpu_nodes.total_gpus}; use at most "
-            f"{gpu_nodes.node_count * per_node} replicas or raise gpuNodeCount "
-            f"to {-(-replicas // per_node)}",
+            f"{gpu_nodes.node_count * per_node} replicas or {more_nodes}",
         )
 
     source_ranges = tuple(stack.endpoint_source_ranges)

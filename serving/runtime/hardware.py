@@ -23,6 +23,11 @@ H100_SXM = GpuKind("H100 80GB", 80 * 10**9, 3.35e12, "hopper")
 H200_SXM = GpuKind("H200 141GB", 141 * 10**9, 4.8e12, "hopper")
 
 
+# EKS AL2023 nodes: nodeadm's RAID0 strategy assembles every instance-store NVMe drive into one
+# array mounted here (FACTS.md); the weights cache (`weightsHostPath`) belongs below it.
+AL2023_NVME_MOUNT = "/mnt/k8s-disks/0"
+
+
 @dataclass(frozen=True)
 class InstanceType:
     name: str

@@ -51,7 +51,11 @@ TEMPLATE_OPTIONS: dict[str, Any] = {
 }
 
 # The image must name a release tag or a digest: an unpinned image changes under a running stack.
-_PINNED_IMAGE = re.compile(r"^[^\s:@]+(?::[0-9][\w.-]*|@sha256:[0-9a-f]{64})$")
+_PINNED_IMAGE = re.compile(
+    r"^(?:[^\s/:@]+(?::[0-9]+)?/)?"  # registry, with an optional port (registry:5000/)
+    r"[^\s:@]+"  # repository path
+    r"(?::[0-9][\w.-]*(?:@sha256:[0-9a-f]{64})?|@sha256:[0-9a-f]{64})$"  # release tag and/or digest
+)
 
 
 class RuntimeConfigError(ValueError):
@@ -230,8 +234,11 @@ def _check_semantics(
 ) -> list[str]:
     """Combinations TensorRT-LLM (or the hardware) would reject, found before deployment."""
     problems: list[str] = []
-    tp = options.get("tensor_parallel_size") or 1
-    pp = options.get("pipeline_parallel_size") or 1
+    # Unset means 1; a 0 stays 0, so the message quotes what the stack wrote.
+    tp = options.get("tensor_parallel_size", 1)
+    pp = options.get("pipeline_parallel_size", 1)
+    tp = 1 if tp is None else tp
+    pp = 1 if pp is None else pp
     ep = options.get("moe_expert_parallel_size")
     for name, value in (("tensor_parallel_size", tp), ("pipeline_parallel_size", pp)):
         if value < 1:

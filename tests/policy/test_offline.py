@@ -182,7 +182,7 @@ def test_public_load_balancer_straight_to_the_server_fails(fresh_prod: StackRun)
 
 
 def test_hugging_face_token_as_env_literal_fails_without_printing_it():
-    run = run_stack("prod", {"hfAccessToken": HF_TOKEN})
+    run = run_stack("prod", secrets={"hfAccessToken": HF_TOKEN})
     assert HF_TOKEN in run.known_secrets
     env = container(run, "download-weights")["env"]
     for variable in env:
@@ -197,7 +197,7 @@ def test_hugging_face_token_as_env_literal_fails_without_printing_it():
 
 
 def test_stack_secret_copied_into_a_config_map_fails():
-    run = run_stack("prod", {"hfAccessToken": HF_TOKEN})
+    run = run_stack("prod", secrets={"hfAccessToken": HF_TOKEN})
     options = next(r for r in run.plan.of_type(CONFIG_MAP) if r.name == "gpt-oss-trtllm-options")
     options.inputs["data"]["notes.txt"] = f"token for the download job: {HF_TOKEN}\n"
     assert failures(run) == [("no-secret-in-plain-config", "gpt-oss-trtllm-options")]
