@@ -383,21 +383,26 @@ class SecretRef:
 
 
 def render_environment(
-    runtime: ServingRuntime, *, hf_home: str, hf_token: SecretRef, offline: bool
+    runtime: ServingRuntime, *, hf_home: str, hf_token: SecretRef | None
 ) -> list[dict[str, Any]]:
-    """Kubernetes EnvVar objects for the server (offline=True) or the weights download step."""
-    env: list[dict[str, Any]] = [
-        {"name": "HF_HOME", "value": hf_home},
+    """Kubernetes EnvVar objects for the weights download step (with the token) or the server.
+
+    Only the download step gets the token. The server runs offline from the cache and executes
+    the model repository's code (trust_remote_code): it has no use for a credential, so it holds
+    none, and HF_HUB_OFFLINE keeps it from ever reaching the Hub.
+    """
+    env: list[dict[str, Any]] = [{"name": "HF_HOME", "value": hf_home}]
+    if hf_token is not None:
         # huggingface_hub reads HF_TOKEN; the value stays in the Secret.
-        {
-            "name": "HF_TOKEN",
-            "valueFrom": {"secretKeyRef": {"name": hf_token.secret_name, "key": hf_token.key}},
-        },
-        # Progress bars in logs are noise, and a download must not sit on a TTY prompt.
-        {"name": "HF_HUB_DISABLE_PROGRESS_BARS", "value": "1"},
-    ]
-    if offline:
-        # The weights are in the cache: never reach the Hub at start, and never block on it.
+        env.append(
+            {
+                "name": "HF_TOKEN",
+                "valueFrom": {"secretKeyRef": {"name": hf_token.secret_name, "key": hf_token.key}},
+            }
+        )
+    # Progress bars in logs are noise, and a download must not sit on a TTY prompt.
+    env.append({"name": "HF_HUB_DISABLE_PROGRESS_BARS", "value": "1"})
+    if hf_token is None:
         env.append({"name": "HF_HUB_OFFLINE", "value": "1"})
     return env
 

@@ -42,6 +42,7 @@ GATEWAY_CONTAINER = "api-gateway"
 GATEWAY_PORT_NAME = "gateway"
 HF_TOKEN_SECRET_KEY = "HF_TOKEN"
 HF_HOME = "/hf-cache"
+TRITON_CACHE_DIR = f"{HF_HOME}/triton-cache"
 OPTIONS_DIR = "/etc/trtllm"
 SERVER_HOME = "/home/trtllm"
 # The unprivileged user the server and the download step run as (the cache is chowned to it).
@@ -187,7 +188,7 @@ def deployment(spec: WorkloadSpec, *, pod_annotations: dict[str, Any]) -> dict[s
         "image": runtime.image,
         "command": render_download_command(runtime),
         "env": [
-            *render_environment(runtime, hf_home=HF_HOME, hf_token=token, offline=False),
+            *render_environment(runtime, hf_home=HF_HOME, hf_token=token),
             {"name": "HOME", "value": SERVER_HOME},
         ],
         "securityContext": _restricted_security_context(SERVER_UID),
@@ -198,10 +199,15 @@ def deployment(spec: WorkloadSpec, *, pod_annotations: dict[str, Any]) -> dict[s
     server = {
         "name": SERVER_CONTAINER,
         "image": runtime.image,
-        "command": render_serve_args(runtime, options_path),
+        # `args`, not `command`: the image's NVIDIA entrypoint (environment checks, then exec of
+        # its arguments) stays in place.
+        "args": render_serve_args(runtime, options_path),
         "env": [
-            *render_environment(runtime, hf_home=HF_HOME, hf_token=token, offline=True),
+            *render_environment(runtime, hf_home=HF_HOME, hf_token=None),
             {"name": "HOME", "value": SERVER_HOME},
+            # Triton's compiled kernels (the TRITON MoE backend) on the node's NVMe beside the
+            # weights: a restarted pod reuses them instead of compiling again.
+            {"name": "TRITON_CACHE_DIR", "value": TRITON_CACHE_DIR},
         ],
         "resources": {
             "requests": {"cpu": str(cpu), "memory": f"{memory_gib}Gi", "nvidia.com/gpu": str(gpus)},

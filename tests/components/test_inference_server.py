@@ -46,14 +46,18 @@ def test_hf_token_never_appears_outside_secrets():
     assert FAKE_HF_TOKEN not in json.dumps(result.outputs)
 
 
-def test_server_and_download_step_read_the_token_through_secret_key_ref():
+def test_only_the_download_step_reads_the_token_and_through_secret_key_ref():
     by_name = containers(plan())
-    for name in ("download-weights", "trtllm-serve"):
-        env = {var["name"]: var for var in by_name[name]["env"]}
-        assert env["HF_TOKEN"] == {
-            "name": "HF_TOKEN",
-            "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "HF_TOKEN"}},
-        }
+    env = {var["name"]: var for var in by_name["download-weights"]["env"]}
+    assert env["HF_TOKEN"] == {
+        "name": "HF_TOKEN",
+        "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "HF_TOKEN"}},
+    }
+    # The server runs the model repository's code offline: no credential of any kind.
+    for name, container in by_name.items():
+        if name != "download-weights":
+            assert "HF_TOKEN" not in {var["name"] for var in container.get("env", [])}, name
+            assert not container.get("envFrom"), name
 
 
 def test_secrets_manager_copy_is_encrypted_with_the_stacks_kms_key():
@@ -83,7 +87,9 @@ def test_options_file_and_command_line_are_the_rendered_runtime():
         result.one(CONFIG_MAP, "gpt-oss-trtllm-options").inputs["data"]["extra-llm-api-options.yaml"]
     )
     assert options["max_batch_size"] == 64 and options["kv_cache_config"]["free_gpu_memory_fraction"] == 0.8
-    command = containers(result)["trtllm-serve"]["command"]
+    server = containers(result)["trtllm-serve"]
+    assert "command" not in server  # the image's entrypoint runs, then execs these arguments
+    command = server["args"]
     assert command[:2] == ["trtllm-serve", "openai/gpt-oss-120b"]
     assert command[-2:] == ["--extra_llm_api_options", "/etc/trtllm/extra-llm-api-options.yaml"]
 

@@ -126,20 +126,18 @@ def test_serve_command_follows_overrides():
     assert pairs["--kv_cache_free_gpu_memory_fraction"] == "0.85"
 
 
-def test_environment_references_the_token_and_never_holds_it():
+def test_environment_references_the_token_only_for_the_download_and_never_holds_it():
     runtime = build_runtime()
     ref = SecretRef("hf-token", "HF_TOKEN")
-    server = render_environment(runtime, hf_home="/hf-cache", hf_token=ref, offline=True)
-    download = render_environment(runtime, hf_home="/hf-cache", hf_token=ref, offline=False)
-    by_name = {var["name"]: var for var in server}
-    assert by_name["HF_TOKEN"] == {
+    download = {var["name"]: var for var in render_environment(runtime, hf_home="/hf-cache", hf_token=ref)}
+    server = {var["name"]: var for var in render_environment(runtime, hf_home="/hf-cache", hf_token=None)}
+    assert download["HF_TOKEN"] == {
         "name": "HF_TOKEN",
         "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "HF_TOKEN"}},
     }
-    assert by_name["HF_HOME"]["value"] == "/hf-cache"
-    assert by_name["HF_HUB_OFFLINE"]["value"] == "1"
-    assert "HF_HUB_OFFLINE" not in {var["name"] for var in download}
-    assert all("value" not in var for var in server + download if var["name"] == "HF_TOKEN")
+    assert "HF_HUB_OFFLINE" not in download
+    assert "HF_TOKEN" not in server and server["HF_HUB_OFFLINE"]["value"] == "1"
+    assert server["HF_HOME"]["value"] == download["HF_HOME"]["value"] == "/hf-cache"
 
 
 def test_download_skips_the_duplicate_copies_of_the_weights():

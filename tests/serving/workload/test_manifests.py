@@ -127,8 +127,12 @@ def test_weights_are_downloaded_first_and_the_server_runs_offline():
     server = containers({"spec": {"template": {"spec": pod}}})["trtllm-serve"]
     env = {var["name"]: var for var in server["env"]}
     assert env["HF_HUB_OFFLINE"]["value"] == "1"
-    assert server["command"][:2] == ["trtllm-serve", "openai/gpt-oss-120b"]
-    assert server["command"][server["command"].index("--host") + 1] == "127.0.0.1"
+    assert "HF_TOKEN" not in env
+    # Triton's kernel cache lives on the hostPath cache (the node's NVMe), not in an emptyDir.
+    cache = next(m for m in server["volumeMounts"] if m["name"] == "hf-cache")["mountPath"]
+    assert env["TRITON_CACHE_DIR"]["value"].startswith(cache + "/")
+    assert server["args"][:2] == ["trtllm-serve", "openai/gpt-oss-120b"]
+    assert server["args"][server["args"].index("--host") + 1] == "127.0.0.1"
 
 
 def test_no_secret_value_in_the_pod_spec_only_references():
