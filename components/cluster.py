@@ -30,6 +30,9 @@ CONTROL_PLANE_LOG_TYPES = ("api", "audit", "authenticator")
 # nodes to run on or it stays DEGRADED and fails the update.
 NODE_PREREQUISITE_ADDONS = ("vpc-cni", "kube-proxy", "eks-pod-identity-agent")
 ADDONS_NEEDING_NODES = ("coredns",)
+# Add-on settings that differ from EKS's defaults: the VPC CNI's network policy agent enforces the
+# workload's NetworkPolicy (without it, Kubernetes accepts the object and nothing enforces it).
+ADDON_CONFIGURATION: dict[str, dict[str, str]] = {"vpc-cni": {"enableNetworkPolicy": "true"}}
 
 
 @dataclass(frozen=True)
@@ -400,6 +403,11 @@ class EksCluster(pulumi.ComponentResource):
                     cluster_name=self.cluster.name,
                     addon_name=addon_name,
                     addon_version=version,
+                    configuration_values=(
+                        json.dumps(ADDON_CONFIGURATION[addon_name])
+                        if addon_name in ADDON_CONFIGURATION
+                        else None
+                    ),
                     # The cluster starts without self-managed copies, so nothing is overwritten
                     # on create; on update EKS's published configuration wins over hand edits.
                     resolve_conflicts_on_create="OVERWRITE",

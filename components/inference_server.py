@@ -61,6 +61,7 @@ class InferenceServer(pulumi.ComponentResource):
             startup_timeout_minutes=serving.startup_timeout_minutes,
             internet_facing=args.endpoint.internet_facing,
             source_ranges=args.endpoint.source_ranges,
+            node_ranges=args.endpoint.node_ranges,
         )
 
         def child(
@@ -165,6 +166,14 @@ class InferenceServer(pulumi.ComponentResource):
             metadata=budget["metadata"],
             spec=budget["spec"],
             opts=child("server", depends_on=[namespace]),
+        )
+
+        policy = workload.network_policy(spec)
+        k8s.networking.v1.NetworkPolicy(
+            f"{name}-network-policy",
+            metadata=policy["metadata"],
+            spec=policy["spec"],
+            opts=child("network-policy", depends_on=[namespace]),
         )
 
         service_manifest = workload.service(spec)

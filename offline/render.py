@@ -174,6 +174,18 @@ def _secret(values: dict[str, Any]) -> list[str]:
     return shown + [f"{field}={SECRET_MARK}" for field in ("data", "stringData") if field in values]
 
 
+def _network_policy(values: dict[str, Any]) -> list[str]:
+    shown = _fields(values, "metadata.namespace", "metadata.name")
+    for rule in _get(values, "spec.ingress") or []:
+        sources = [peer.get("ipBlock", {}).get("cidr") for peer in rule.get("from") or []]
+        ports = [str(p.get("port")) for p in rule.get("ports") or []]
+        shown.append(f"in: {','.join(ports)} from {','.join(str(s) for s in sources)}")
+    for rule in _get(values, "spec.egress") or []:
+        ports = sorted({str(p.get("port")) for p in rule.get("ports") or []})
+        shown.append(f"out: {','.join(ports)}")
+    return shown
+
+
 SUMMARIES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "aws:ec2/vpc:Vpc": lambda v: _fields(v, "cidrBlock"),
     "aws:ec2/subnet:Subnet": lambda v: (
@@ -199,7 +211,7 @@ SUMMARIES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
         + (["secrets encrypted with KMS"] if v.get("encryptionConfig") else [])
     ),
     "aws:kms/key:Key": lambda v: _fields(v, "enableKeyRotation", "deletionWindowInDays"),
-    "aws:eks/addon:Addon": lambda v: _fields(v, "addonName", "addonVersion"),
+    "aws:eks/addon:Addon": lambda v: _fields(v, "addonName", "addonVersion", "configurationValues"),
     "aws:eks/accessEntry:AccessEntry": lambda v: _fields(v, "principalArn", "type"),
     "aws:eks/accessPolicyAssociation:AccessPolicyAssociation": lambda v: _fields(
         v, "principalArn", "policyArn"
@@ -226,6 +238,7 @@ SUMMARIES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "kubernetes:core/v1:ConfigMap": _keys_only("data"),
     "kubernetes:core/v1:Secret": _secret,
     "kubernetes:core/v1:Namespace": lambda v: _fields(v, "metadata.name"),
+    "kubernetes:networking.k8s.io/v1:NetworkPolicy": _network_policy,
     "kubernetes:policy/v1:PodDisruptionBudget": lambda v: _fields(
         v, "metadata.name", "spec.minAvailable", "spec.maxUnavailable"
     ),

@@ -392,6 +392,9 @@ class ServingSettings:
 class EndpointSettings:
     scheme: str
     source_ranges: tuple[str, ...]
+    # Where the cluster's own nodes are (the kubelet's probes come from there): the new VPC,
+    # or nothing known for an existing cluster, whose source ranges must then include them.
+    node_ranges: tuple[str, ...] = ()
 
     @property
     def internet_facing(self) -> bool:
@@ -753,6 +756,10 @@ def _derive(
             gpu_node_selector=dict(stack.gpu_node_selector),
             hf_token_in_secrets_manager=stack.hf_token_in_secrets_manager,
         ),
-        endpoint=EndpointSettings(scheme=stack.endpoint_scheme, source_ranges=source_ranges),
+        endpoint=EndpointSettings(
+            scheme=stack.endpoint_scheme,
+            source_ranges=source_ranges,
+            node_ranges=() if existing_cluster else (stack.vpc_cidr,),
+        ),
         cost_budget_usd_per_hour=stack.cost_budget_usd_per_hour,
     ), problems

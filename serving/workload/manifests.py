@@ -70,6 +70,7 @@ class WorkloadNames:
     deployment: str = APP_NAME
     service: str = "gpt-oss"
     disruption_budget: str = APP_NAME
+    network_policy: str = APP_NAME
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,8 @@ class WorkloadSpec:
     startup_timeout_minutes: int
     internet_facing: bool
     source_ranges: tuple[str, ...]
+    # The cluster's node addresses (kubelet probes), when the stack knows them.
+    node_ranges: tuple[str, ...] = ()
     gateway: gateway.GatewaySettings = field(default_factory=gateway.GatewaySettings)
 
 
@@ -332,6 +335,51 @@ def service(spec: WorkloadSpec) -> dict[str, Any]:
             "selector": selector_labels(spec),
             "ports": [
                 {"name": "http", "port": SERVICE_PORT, "targetPort": GATEWAY_PORT_NAME, "protocol": "TCP"}
+            ],
+        },
+    }
+
+
+# What the pod may reach besides DNS: HTTPS (the weights download from the Hugging Face Hub and
+# its CDN); never the instance metadata service (the server runs the model repository's code).
+INSTANCE_METADATA = "169.254.169.254/32"
+HTTPS_PORT = 443
+
+
+def network_policy(spec: WorkloadSpec) -> dict[str, Any]:
+    """Only the load balancer's clients (and the nodes' probes) reach the gateway port; out, only
+    DNS and HTTPS. Enforced by the VPC CNI's network policy agent (EKS) or the cluster's CNI."""
+    sources = sorted({*spec.source_ranges, *spec.node_ranges})
+    dns_ports = [{"protocol": protocol, "port": 53} for protocol in ("UDP", "TCP")]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": metadata(spec, spec.names.network_policy),
+        "spec": {
+            "podSelector": {"matchLabels": selector_labels(spec)},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [
+                {
+                    "from": [{"ipBlock": {"cidr": cidr}} for cidr in sources],
+                    "ports": [{"protocol": "TCP", "port": spec.gateway.listen_port}],
+                }
+            ],
+            "egress": [
+                {
+                    "to": [
+                        {
+                            "namespaceSelector": {
+                                "matchLabels": {"kubernetes.io/metadata.name": "kube-system"}
+                            },
+                            "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
+                        }
+                    ],
+                    "ports": dns_ports,
+                },
+                {
+                    "to": [{"ipBlock": {"cidr": "0.0.0.0/0", "except": [INSTANCE_METADATA]}}],
+                    "ports": [{"protocol": "TCP", "port": HTTPS_PORT}],
+                },
             ],
         },
     }

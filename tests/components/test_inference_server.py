@@ -178,3 +178,19 @@ def test_deployment_spec_stays_readable_in_previews():
     deployment = plan().one(DEPLOYMENT, "gpt-oss-server")
     assert not deployment.is_secret_input("spec")
     assert deployment.redacted_inputs()["spec"]["replicas"] == 4
+
+
+def test_the_pods_network_policy_is_registered_and_enforced_by_the_vpc_cni():
+    result = plan()
+    policy = result.one("kubernetes:networking.k8s.io/v1:NetworkPolicy", "gpt-oss-network-policy").inputs
+    pod_labels = result.one(DEPLOYMENT, "gpt-oss-server").inputs["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    # Clients from the endpoint's source ranges (here the VPC, the default) and the VPC's nodes.
+    [ingress] = policy["spec"]["ingress"]
+    assert [peer["ipBlock"]["cidr"] for peer in ingress["from"]] == ["10.42.0.0/16"]
+    # Kubernetes accepts a NetworkPolicy that nothing enforces: the VPC CNI's agent must be on.
+    cni = next(a for a in result.of_type("aws:eks/addon:Addon") if a.inputs["addonName"] == "vpc-cni")
+    assert json.loads(cni.inputs["configurationValues"]) == {"enableNetworkPolicy": "true"}
+    # An existing cluster's nodes are unknown to the stack: only the given ranges get in.
+    byo = plan("existing-cluster").one("kubernetes:networking.k8s.io/v1:NetworkPolicy").inputs
+    assert [peer["ipBlock"]["cidr"] for peer in byo["spec"]["ingress"][0]["from"]] == ["10.0.0.0/8"]

@@ -17,6 +17,7 @@ from serving.workload.manifests import (
     deployment,
     disruption_budget,
     gateway_config_map,
+    network_policy,
     options_config_map,
     replica_resources,
     service,
@@ -49,6 +50,7 @@ def all_objects(spec: WorkloadSpec):
         deployment(spec, pod_annotations={"gpt-oss.serving/config-checksum": "0" * 64}),
         disruption_budget(spec),
         service(spec),
+        network_policy(spec),
     ]
 
 
@@ -201,3 +203,21 @@ def test_recommended_labels_and_selector():
     selector = manifest["spec"]["selector"]["matchLabels"]
     assert selector.items() <= manifest["spec"]["template"]["metadata"]["labels"].items()
     assert service(make_spec())["spec"]["selector"] == selector
+
+
+def test_network_policy_lets_in_only_the_gateway_port_and_out_only_dns_and_https():
+    spec = make_spec(source_ranges=("203.0.113.0/24",), node_ranges=("10.42.0.0/16",))
+    policy = network_policy(spec)["spec"]
+    pod = deployment(spec, pod_annotations={})["spec"]["template"]
+    assert policy["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    [ingress] = policy["ingress"]
+    assert ingress["ports"] == [{"protocol": "TCP", "port": spec.gateway.listen_port}]
+    # The load balancer's clients and the nodes' probes; nothing else reaches the pod, and
+    # the server's own port (loopback only) is not among the ports at all.
+    assert {peer["ipBlock"]["cidr"] for peer in ingress["from"]} == {"203.0.113.0/24", "10.42.0.0/16"}
+    egress_ports = {(p["protocol"], p["port"]) for rule in policy["egress"] for p in rule["ports"]}
+    assert egress_ports == {("UDP", 53), ("TCP", 53), ("TCP", 443)}
+    https = next(rule for rule in policy["egress"] if rule["ports"][0]["port"] == 443)
+    # The instance metadata service stays out of reach of the model's remote code.
+    assert https["to"] == [{"ipBlock": {"cidr": "0.0.0.0/0", "except": ["169.254.169.254/32"]}}]
