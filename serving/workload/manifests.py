@@ -90,6 +90,27 @@ class WorkloadSpec:
     gateway: gateway.GatewaySettings = field(default_factory=gateway.GatewaySettings)
 
 
+# checkov (the IaC scanner the tests run over the rendered objects) findings that are deliberate,
+# each with its reason, written on the object as `checkov.io/skip<N>: <check>=<reason>`.
+SCANNER_EXCEPTIONS: dict[str, str] = {
+    "CKV_K8S_11": "no CPU limit on purpose: throttling trtllm-serve's scheduler thread stalls every stream",
+    "CKV_K8S_43": "images pinned to release tags; digests are not verifiable from where this is built (see docs/security.md)",
+    "CKV_K8S_15": "IfNotPresent with pinned tags: the TensorRT-LLM image is 20-30 GB and must not be pulled again per pod",
+    "CKV_K8S_25": "prepare-cache adds only CHOWN, to hand the hostPath weights cache to the server's uid once",
+    "CKV_K8S_35": "the HF token reaches only the download init step, as a secretKeyRef (huggingface_hub reads HF_TOKEN)",
+    "CKV_K8S_40": "uids are the images' own (nginx-unprivileged 101) and the cache owner 1000; non-root is enforced",
+    "CKV_K8S_22": "trtllm-serve's root filesystem stays writable: torch writes JIT caches at start (nginx's is read-only)",
+}
+
+
+def scanner_exceptions(exceptions: dict[str, str]) -> dict[str, str]:
+    """checkov's skip annotations for `exceptions` (check id -> reason)."""
+    return {
+        f"checkov.io/skip{index}": f"{check}={reason}"
+        for index, (check, reason) in enumerate(sorted(exceptions.items()), start=1)
+    }
+
+
 def labels(spec: WorkloadSpec, component: str = "server") -> dict[str, str]:
     """Kubernetes recommended labels."""
     return {
@@ -182,6 +203,7 @@ def deployment(spec: WorkloadSpec, *, pod_annotations: dict[str, Any]) -> dict[s
             "runAsNonRoot": False,
             "allowPrivilegeEscalation": False,
             "capabilities": {"drop": ["ALL"], "add": ["CHOWN"]},
+            "readOnlyRootFilesystem": True,  # chown writes nothing but the cache's owner
         },
         "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "64Mi"}},
         "volumeMounts": [cache_mount],
@@ -236,6 +258,18 @@ def deployment(spec: WorkloadSpec, *, pod_annotations: dict[str, Any]) -> dict[s
         "command": list(gateway.GATEWAY_COMMAND),
         "ports": [{"name": GATEWAY_PORT_NAME, "containerPort": spec.gateway.listen_port, "protocol": "TCP"}],
         "resources": {"requests": {"cpu": "500m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
+        # nginx itself, not the server behind it (that is the server container's probes, through
+        # the gateway's /health): restart the sidecar only when it stops accepting connections.
+        "readinessProbe": {
+            "tcpSocket": {"port": GATEWAY_PORT_NAME},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
+        "livenessProbe": {
+            "tcpSocket": {"port": GATEWAY_PORT_NAME},
+            "periodSeconds": 20,
+            "failureThreshold": 3,
+        },
         "lifecycle": {"preStop": {"sleep": {"seconds": DRAIN_PAUSE_SECONDS}}},
         "securityContext": {
             **_restricted_security_context(gateway.GATEWAY_RUN_AS_USER),
@@ -293,7 +327,10 @@ def deployment(spec: WorkloadSpec, *, pod_annotations: dict[str, Any]) -> dict[s
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": metadata(spec, spec.names.deployment),
+        "metadata": {
+            **metadata(spec, spec.names.deployment),
+            "annotations": scanner_exceptions(SCANNER_EXCEPTIONS),
+        },
         "spec": {
             "replicas": spec.replicas,
             "selector": {"matchLabels": selector_labels(spec)},

@@ -371,3 +371,21 @@ def test_reservation_zone_the_region_does_not_offer_is_a_settings_error():
         )
     assert "capacityReservationZone" in str(raised.value) and "us-east-1z" in str(raised.value)
     assert "resources registered before the error: 0" in raised.value.__notes__
+
+
+def test_device_plugin_holds_no_api_token_and_no_network_access():
+    result = plan()
+    (daemon_set,) = result.of_type(DAEMONSET)
+    pod = daemon_set.inputs["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    policy = next(
+        p
+        for p in result.of_type("kubernetes:networking.k8s.io/v1:NetworkPolicy")
+        if p.inputs["metadata"]["namespace"] == "kube-system"
+    ).inputs["spec"]
+    template_labels = daemon_set.inputs["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= template_labels.items()
+    # Both directions governed and no rule allowing anything: all traffic denied.
+    assert policy["policyTypes"] == ["Ingress", "Egress"]
+    assert not policy.get("ingress") and not policy.get("egress")
