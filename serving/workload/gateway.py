@@ -1,9 +1,11 @@
 """The API-key gateway in front of `trtllm-serve`: an nginx sidecar configuration.
 
 `trtllm-serve` (TensorRT-LLM 1.2) has no authentication at all, so every server pod runs nginx
-beside it. nginx listens on the port the Service targets, answers `/health` without a key (the
-load balancer's health check), and passes everything else to `trtllm-serve` on loopback only
-when the request carries `Authorization: Bearer <key>` with a key from the key-map file.
+beside it. nginx listens on the port the Service targets, answers `GET /health` without a key (the
+load balancer's health check), and passes the OpenAI routes (`OPENAI_ROUTES`, each with its one
+method) to `trtllm-serve` on loopback only when the request carries `Authorization: Bearer <key>`
+with a key from the key-map file. Every other method and path gets a 404 from nginx itself:
+trtllm-serve's internal routes (`/metrics`, `/release_memory`, ...) never reach the server.
 
 Two files, two Kubernetes objects:
 
@@ -79,6 +81,24 @@ CLIENT_MAX_BODY_BYTES = MAX_PROMPT_TOKENS * WORST_CASE_BODY_BYTES_PER_TOKEN + RE
 # does, or it may send a request down a connection that uvicorn is closing (a spurious 502).
 UPSTREAM_KEEPALIVE_IDLE_SECONDS = 4
 
+# --- Routes ------------------------------------------------------------------------------------
+
+# The only (method, path) pairs that reach trtllm-serve with a key: the OpenAI API that
+# trtllm-serve 1.2.1 serves (tensorrt_llm/serve/openai_server.py, register_routes). Matched
+# exactly (`location =`) and proxied to the same canonical path, so no spelling of a path that
+# nginx normalises differently from uvicorn (`//`, `/./`, `/x/../`, `%2F`) can reach another route.
+# Not here: `GET /v1/models/<id>` (trtllm-serve 1.2.1 has no such route) and
+# `GET|DELETE /v1/responses/<id>` (stored responses, readable and deletable by any key holder
+# since the gateway has one shared tenant; nothing in this stack uses them).
+OPENAI_ROUTES: tuple[tuple[str, str], ...] = (
+    ("GET", "/v1/models"),
+    ("POST", "/v1/completions"),
+    ("POST", "/v1/chat/completions"),
+    ("POST", "/v1/responses"),
+)
+# The load balancer's health check, open without a key.
+HEALTH_ROUTE = ("GET", "/health")
+
 # --- API keys ----------------------------------------------------------------------------------
 
 MIN_API_KEY_LENGTH = 32
@@ -119,7 +139,59 @@ class GatewaySettings:
     # A sidecar beside a GPU server needs little CPU; "auto" would start one worker per core of
     # the node (192 on a p5.48xlarge) whatever the container's CPU limit.
     worker_processes: int = 2
-    worker_connections: int = 1024
+    # Connections one worker holds at once, client and upstream ones together (a proxied stream
+    # takes two). A pod serves at most max_batch_size (64) streams plus a queue, so legitimate
+    # traffic needs a few hundred; 8192 per worker (16384 for the pod) lets the gateway hold a
+    # few thousand idle or half-open connections, such as a scan or a slow-header flood, and
+    # still have room for real clients. Each idle connection costs about 1-2 KiB of nginx memory
+    # (connection structures preallocated: about 0.5 KiB each, 4 MiB per worker), well inside
+    # the container's 256 MiB.
+    worker_connections: int = 8192
+    # Open-file limit each worker sets for itself (setrlimit, soft and hard). Every connection is
+    # one descriptor, plus a few for logs and listeners: twice worker_connections leaves ample
+    # room. Without it the workers would keep the container's soft limit, which containerd 2.x
+    # sets to 1024 (1024:524288, containerd PR #8924): about 1000 connections. An unprivileged
+    # process may raise its soft limit only up to its hard limit, so this must not exceed the
+    # container's hard RLIMIT_NOFILE (containerd: 524288, older setups 1048576; this test
+    # machine: 20000). If it did, the worker would log "setrlimit(RLIMIT_NOFILE) failed" and keep
+    # its old limit; the tests check that the workers really get it.
+    worker_rlimit_nofile: int = 16384
+    # Keyed requests in progress at once from one client address (limit_conn: nginx counts a
+    # connection only once its request header has been read and the key accepted, so idle,
+    # half-open and 401/404 connections are not counted; those are bounded by the timeouts
+    # below). 256 = 4 replicas per p5 node x max_batch_size 64: a single client that keeps a
+    # whole node's batch busy, even if kube-proxy lands all of it on this one pod, stays under
+    # the limit; more concurrent requests would only queue in trtllm-serve. The key is the
+    # client's own address: the NLB (instance targets, externalTrafficPolicy Local) preserves it.
+    # With IP targets and client-IP preservation off, the address would be the NLB's own and the
+    # limit would apply to all clients behind one NLB node together: raise it then.
+    limit_conn_per_address: int = 256
+    # Shared memory for limit_conn's per-address counters: about 64 bytes per address, so 4 MiB
+    # hold some 64000 addresses, four times as many connections as the workers can hold at once.
+    # When the zone is full every new request is refused, so it must never fill before
+    # worker_connections does.
+    limit_conn_zone_megabytes: int = 4
+    # Time a client has to send its whole request line and headers (nginx counts from the first
+    # byte, or from accept for a new connection; it is not reset per byte). An OpenAI client sends
+    # them in one packet; 10 s covers a slow mobile link and sheds slow-header clients
+    # (slowloris) and connections opened without a request.
+    client_header_timeout_seconds: int = 10
+    # Longest silence between two reads of a request body. A client uploading a prompt is never
+    # silent for long; one that stops mid-body holds a connection (and, unbuffered, an upstream
+    # connection) for nothing.
+    client_body_timeout_seconds: int = 30
+    # How long an idle keep-alive connection of a keyed client stays open. nginx's default; longer
+    # than the idle expiry of client pools (httpx, used by the OpenAI SDK: 5 s), so a pooled
+    # connection is closed by the client, not raced by nginx. 401 and 404 answers close their
+    # connection at once instead (keepalive_timeout 0 in their locations).
+    keepalive_timeout_seconds: int = 75
+    # After an answer that leaves part of the request unread (a 401 or 404 to a request with a
+    # body), nginx reads and discards what the client still sends so that the client sees the
+    # answer instead of a reset, but for at most lingering_time in total, waiting at most
+    # lingering_timeout for each packet. 10 s reads a 4 MiB body at 3.2 Mbit/s; a client that
+    # trickles is dropped after 2 s of silence.
+    lingering_time_seconds: int = 10
+    lingering_timeout_seconds: int = 2
     client_max_body_bytes: int = CLIENT_MAX_BODY_BYTES
     # Longest silence between two reads from trtllm-serve. A streamed response is never silent
     # for long, but a non-streamed one is silent until the whole answer exists: 90k tokens at
@@ -144,6 +216,14 @@ class GatewaySettings:
         for name in (
             "worker_processes",
             "worker_connections",
+            "worker_rlimit_nofile",
+            "limit_conn_per_address",
+            "limit_conn_zone_megabytes",
+            "client_header_timeout_seconds",
+            "client_body_timeout_seconds",
+            "keepalive_timeout_seconds",
+            "lingering_time_seconds",
+            "lingering_timeout_seconds",
             "client_max_body_bytes",
             "upstream_read_timeout_seconds",
             "upstream_send_timeout_seconds",
@@ -175,6 +255,16 @@ class GatewaySettings:
             raise ValueError(
                 f"GatewaySettings.listen_address={self.listen_address!r} must be an address such "
                 "as 127.0.0.1, or empty for every interface"
+            )
+        if self.worker_rlimit_nofile < self.worker_connections:
+            raise ValueError(
+                f"GatewaySettings.worker_rlimit_nofile={self.worker_rlimit_nofile} is below "
+                f"worker_connections={self.worker_connections}: each connection is an open file"
+            )
+        if self.lingering_timeout_seconds > self.lingering_time_seconds:
+            raise ValueError(
+                f"GatewaySettings.lingering_timeout_seconds={self.lingering_timeout_seconds} "
+                f"exceeds lingering_time_seconds={self.lingering_time_seconds}"
             )
         if self.upstream_read_timeout_seconds < self.upstream_connect_timeout_seconds:
             raise ValueError(
@@ -343,9 +433,25 @@ REQUEST_TOO_LARGE_BODY = _openai_error_body(
     "invalid_request_error",
     "request_too_large",
 )
+# The same answer for every method and path outside the allowlist, with or without a key, so a
+# 404 tells nothing about keys or about which internal routes the server has.
+NOT_FOUND_BODY = _openai_error_body(
+    "Unknown route. The gateway serves GET /v1/models, POST /v1/completions, "
+    "POST /v1/chat/completions and POST /v1/responses.",
+    "invalid_request_error",
+    "not_found",
+)
+# 429, not 503: the OpenAI SDKs treat 429 as "retry later, with backoff".
+TOO_MANY_CONNECTIONS_BODY = _openai_error_body(
+    "Too many requests in progress from this address. Retry when some have finished.",
+    "rate_limit_error",
+    "too_many_connections",
+)
 
-# Fields of one access-log line. No header but the user agent, no body, no query string:
-# the Authorization header (and whatever a client might put in a URL) never reaches the log.
+# Fields of one access-log line. No header but the user agent (it names the client library and
+# its version, which operators need when a client misbehaves; it carries no credential), no body,
+# no query string ($uri is the path alone, unlike $request or $request_uri): the Authorization
+# header, and whatever a client might put in a URL's query, never reach the log.
 _ACCESS_LOG_FIELDS = (
     ("time", "$time_iso8601"),
     ("remote_addr", "$remote_addr"),
@@ -368,16 +474,37 @@ def _access_log_format() -> str:
     return "{" + fields + "}"
 
 
+def _openai_location(method: str, path: str) -> str:
+    """One allowed OpenAI route: exact path, one method, then the key, then the proxy."""
+    return f"""\
+        location = {path} {{
+            if ($request_method != {method}) {{
+                return 404;
+            }}
+            if ({API_KEY_FINGERPRINT_VARIABLE} = "") {{
+                return 401;
+            }}
+            proxy_pass http://trtllm_serve{path};
+        }}
+"""
+
+
 def render_nginx_conf(settings: GatewaySettings) -> str:
     """The complete nginx.conf for the gateway; the same settings give the same text."""
     s = settings
     upstream = f"{s.upstream_host}:{s.upstream_port}"
+    health_method, health_path = HEALTH_ROUTE
+    openai_locations = "\n".join(_openai_location(method, path) for method, path in OPENAI_ROUTES)
     text = f"""\
 # nginx.conf for the API-key gateway in front of trtllm-serve. Generated by serving/workload/gateway.py.
 # Holds no secret: the keys are in {s.api_key_map_path}, included below (a Kubernetes Secret).
 # Run with: nginx -c <this file> -g 'daemon off;'
 worker_processes {s.worker_processes};
+# Each worker raises its own open-file limit to this (at most the container's hard limit).
+worker_rlimit_nofile {s.worker_rlimit_nofile};
 pid {s.pid_path};
+# Process-level messages only (start, reload, worker exits, setrlimit failures): the http block
+# below logs requests at crit, so that no request line (with its query string) is written.
 error_log {s.error_log_path} warn;
 # On SIGQUIT, running streams get this long to finish before workers exit.
 worker_shutdown_timeout {s.shutdown_timeout_seconds}s;
@@ -387,8 +514,14 @@ events {{
 }}
 
 http {{
+    # nginx appends the request line (with its query string), Host and Referer to every message
+    # it logs about a request, and logs failed upstream connects, upstream timeouts and limit_conn
+    # refusals at level error. At crit none of those is written; the access log still records
+    # each such request (status 502/504/429, upstream_status) without the query string.
+    error_log {s.error_log_path} crit;
+
     server_tokens off;
-    # Answers nginx makes itself (401, 413) are JSON; proxied answers keep their own type.
+    # Answers nginx makes itself (401, 404, 413, 429) are JSON; proxied answers keep their own.
     default_type application/json;
 
     client_body_temp_path {s.temp_dir}/client_temp;
@@ -406,9 +539,21 @@ http {{
 
     # The longest prompt (98304 tokens) as escaped JSON, plus the chat envelope.
     client_max_body_size {s.client_max_body_bytes};
-    client_body_timeout 60s;
+    # Abuse limits: a client must send its headers promptly and keep a body moving; idle
+    # keyed connections are closed after keepalive_timeout, refused ones at once.
+    client_header_timeout {s.client_header_timeout_seconds}s;
+    client_body_timeout {s.client_body_timeout_seconds}s;
     send_timeout {s.client_send_timeout_seconds}s;
-    keepalive_timeout 75s;
+    keepalive_timeout {s.keepalive_timeout_seconds}s;
+    lingering_time {s.lingering_time_seconds}s;
+    lingering_timeout {s.lingering_timeout_seconds}s;
+    # A timed-out connection is reset, so its socket and buffers are freed at once instead of
+    # lingering in FIN-WAIT.
+    reset_timedout_connection on;
+
+    # Keyed requests in progress per client address (the NLB preserves client addresses).
+    limit_conn_zone $binary_remote_addr zone=per_address:{s.limit_conn_zone_megabytes}m;
+    limit_conn_status 429;
 
     # "Authorization: Bearer <key>" -> the key's fingerprint, or "" when no key matches.
     map $http_authorization {API_KEY_FINGERPRINT_VARIABLE} {{
@@ -428,6 +573,10 @@ http {{
     server {{
         listen {s.listen};
 
+        # Counted only once a request's header is read and it passed the method and key checks
+        # (those answer in the rewrite phase, before limit_conn's preaccess phase).
+        limit_conn per_address {s.limit_conn_per_address};
+
         proxy_http_version 1.1;
         # Upstream keep-alive: HTTP/1.1 without "Connection: close".
         proxy_set_header Connection "";
@@ -438,43 +587,65 @@ http {{
         # trtllm-serve has no use for the key; it must not see (or log) it.
         proxy_set_header Authorization "";
         proxy_connect_timeout {s.upstream_connect_timeout_seconds}s;
+        # Stream both ways: each server-sent event goes to the client as soon as it arrives,
+        # and a long prompt goes to the server while it is still being uploaded.
+        proxy_buffering off;
+        proxy_request_buffering off;
+        proxy_cache off;
+        # An upstream "X-Accel-Buffering: yes" must not turn buffering back on.
+        proxy_ignore_headers X-Accel-Buffering;
+        # Tell any nginx-like proxy in front of this one not to buffer either.
+        add_header X-Accel-Buffering no always;
+        proxy_read_timeout {s.upstream_read_timeout_seconds}s;
+        proxy_send_timeout {s.upstream_send_timeout_seconds}s;
+
+        # Every answer nginx makes itself is JSON. 405 is what nginx itself answers to TRACE and
+        # CONNECT: those become the same 404 as any other method outside the allowlist.
+        error_page 401 = @unauthorized;
+        error_page 404 405 = @not_found;
+        error_page 413 = @request_too_large;
+        error_page 429 = @too_many_connections;
 
         # The load balancer's health check: no key, short timeouts. While the model loads
         # nothing listens on the upstream port, nginx answers 502 and the target stays unhealthy.
-        location = /health {{
-            proxy_pass http://trtllm_serve/health;
+        location = {health_path} {{
+            if ($request_method != {health_method}) {{
+                return 404;
+            }}
+            proxy_pass http://trtllm_serve{health_path};
             proxy_read_timeout {s.health_timeout_seconds}s;
             proxy_send_timeout {s.health_timeout_seconds}s;
         }}
 
+        # The OpenAI API: one exact location per route, each with its one method (any other
+        # method is as unknown as any other path), then the key. proxy_pass names the canonical
+        # path, so the server never sees the client's spelling of it (the query string follows).
+{openai_locations}
+        # Everything else: trtllm-serve's internal routes (/metrics, /release_memory, ...), any
+        # unknown path. Answered without looking at the key.
         location / {{
-            error_page 401 = @unauthorized;
-            error_page 413 = @request_too_large;
-            if ({API_KEY_FINGERPRINT_VARIABLE} = "") {{
-                return 401;
-            }}
-
-            proxy_pass http://trtllm_serve;
-            # Stream both ways: each server-sent event goes to the client as soon as it arrives,
-            # and a long prompt goes to the server while it is still being uploaded.
-            proxy_buffering off;
-            proxy_request_buffering off;
-            proxy_cache off;
-            # An upstream "X-Accel-Buffering: yes" must not turn buffering back on.
-            proxy_ignore_headers X-Accel-Buffering;
-            # Tell any nginx-like proxy in front of this one not to buffer either.
-            add_header X-Accel-Buffering no always;
-            proxy_read_timeout {s.upstream_read_timeout_seconds}s;
-            proxy_send_timeout {s.upstream_send_timeout_seconds}s;
+            return 404;
         }}
 
         location @unauthorized {{
+            # A refused client gets its connection closed: it cannot sit on it for free.
+            keepalive_timeout 0;
             add_header WWW-Authenticate 'Bearer realm="gpt-oss", charset="UTF-8"' always;
             return 401 '{UNAUTHORIZED_BODY}';
         }}
 
+        location @not_found {{
+            keepalive_timeout 0;
+            return 404 '{NOT_FOUND_BODY}';
+        }}
+
         location @request_too_large {{
             return 413 '{REQUEST_TOO_LARGE_BODY}';
+        }}
+
+        location @too_many_connections {{
+            keepalive_timeout 0;
+            return 429 '{TOO_MANY_CONNECTIONS_BODY}';
         }}
     }}
 }}

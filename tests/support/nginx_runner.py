@@ -19,9 +19,9 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -121,9 +121,18 @@ def gateway_prefix() -> Iterator[Path]:
         shutil.rmtree(prefix, ignore_errors=True)
 
 
-def settings_for_prefix(prefix: Path, upstream_port: int, listen_port: int) -> GatewaySettings:
-    """The pod's settings with every path under `prefix` and the listener on loopback."""
-    return GatewaySettings(
+def settings_for_prefix(
+    prefix: Path,
+    upstream_port: int,
+    listen_port: int,
+    overrides: Mapping[str, Any] | None = None,
+) -> GatewaySettings:
+    """The pod's settings with every path under `prefix` and the listener on loopback.
+
+    `overrides` changes any GatewaySettings field, e.g. a short client_header_timeout_seconds
+    that keeps a timeout test fast.
+    """
+    settings = GatewaySettings(
         listen_port=listen_port,
         listen_address="127.0.0.1",
         upstream_host="127.0.0.1",
@@ -136,6 +145,7 @@ def settings_for_prefix(prefix: Path, upstream_port: int, listen_port: int) -> G
         # Short enough that a test's stop() never waits long for a half-read stream.
         shutdown_timeout_seconds=5,
     )
+    return replace(settings, **dict(overrides or {}))
 
 
 def write_gateway_files(prefix: Path, settings: GatewaySettings, api_keys: Sequence[str]) -> Path:
@@ -190,6 +200,35 @@ class RunningNginx:
         logs = [Path(self.settings.error_log_path), self.stderr_path]
         return "".join(path.read_text() for path in logs if path.exists())
 
+    def master_pid(self) -> int:
+        return int(Path(self.settings.pid_path).read_text().strip())
+
+    def worker_pids(self) -> list[int]:
+        """The master's children (Linux /proc): the workers that hold the connections."""
+        master = self.master_pid()
+        children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+        return [int(pid) for pid in children]
+
+    def open_file_limit(self, pid: int) -> tuple[int, int]:
+        """(soft, hard) RLIMIT_NOFILE of one nginx process, from /proc/<pid>/limits."""
+        for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+            if line.startswith("Max open files"):
+                soft, hard = line.split()[3:5]
+                return int(soft), int(hard)
+        raise RuntimeError(f"no 'Max open files' line in /proc/{pid}/limits")
+
+    def worker_socket_count(self) -> int:
+        """Sockets the workers hold open: accepted client connections, upstream ones, listeners."""
+        count = 0
+        for pid in self.worker_pids():
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                try:
+                    if os.readlink(fd).startswith("socket:"):
+                        count += 1
+                except FileNotFoundError:  # closed while we looked
+                    pass
+        return count
+
     def reload(self) -> None:
         """What `nginx -s reload` does: re-read nginx.conf and the key map, no dropped request."""
         self.process.send_signal(signal.SIGHUP)
@@ -234,8 +273,11 @@ def start_nginx(
     api_keys: Sequence[str],
     entrypoint_poll_seconds: int | None = None,
     entrypoint_shell: str = "dash",
+    settings_overrides: Mapping[str, Any] | None = None,
 ) -> RunningNginx:
     """nginx on a free loopback port in a fresh prefix, in front of 127.0.0.1:upstream_port.
+
+    `settings_overrides` changes GatewaySettings fields other than the paths and the listener.
 
     With `entrypoint_poll_seconds`, nginx runs under the pod's entrypoint script (which reloads
     on key-map changes and turns SIGTERM/SIGQUIT into a graceful stop), and `process` is the
@@ -243,7 +285,7 @@ def start_nginx(
     """
     find_nginx()  # fail before creating anything
     prefix = Path(tempfile.mkdtemp(prefix="gateway-nginx-"))
-    settings = settings_for_prefix(prefix, upstream_port, free_loopback_port())
+    settings = settings_for_prefix(prefix, upstream_port, free_loopback_port(), settings_overrides)
     conf_path = write_gateway_files(prefix, settings, api_keys)
     command = nginx_command(conf_path, prefix)
     if entrypoint_poll_seconds is not None:

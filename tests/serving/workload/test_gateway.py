@@ -34,6 +34,8 @@ from serving.workload.gateway import (
     GATEWAY_COMMAND,
     GATEWAY_CONFIG_MOUNT_PATH,
     GATEWAY_NGINX_COMMAND,
+    HEALTH_ROUTE,
+    OPENAI_ROUTES,
     ApiKeyError,
     GatewaySettings,
     api_key_fingerprint,
@@ -53,6 +55,29 @@ from tests.support.nginx_runner import (
 
 # Real nginx processes: left out of the fast loop.
 pytestmark = pytest.mark.slow
+
+# Routes trtllm-serve 1.2.1 serves besides the OpenAI API (FACTS.md; openai_server.py). None is
+# public: the gateway answers each with 404 whatever the key. The gateway needs no
+# list of them: everything outside OPENAI_ROUTES is refused.
+TRTLLM_SERVE_INTERNAL_ROUTES: tuple[tuple[str, str], ...] = (
+    ("GET", "/health_generate"),
+    ("GET", "/version"),
+    ("GET", "/metrics"),
+    ("GET", "/prometheus/metrics"),
+    ("GET", "/perf_metrics"),
+    ("GET", "/steady_clock_offset"),
+    ("POST", "/steady_clock_offset"),
+    ("POST", "/kv_cache_events"),
+    ("GET", "/v1/responses/resp_0"),
+    ("DELETE", "/v1/responses/resp_0"),
+    ("POST", "/release_memory"),
+    ("POST", "/resume_memory"),
+    ("POST", "/update_weights"),
+    ("GET", "/server_info"),
+    ("GET", "/docs"),
+    ("GET", "/openapi.json"),
+)
+
 
 REQUEST_TIMEOUT_SECONDS = 20.0
 PACED_MODEL = "paced-test-model"
@@ -149,7 +174,7 @@ def make_paced_handler(state: PacedUpstreamState) -> type[BaseHTTPRequestHandler
             request = json.loads(body) if self.path == "/v1/chat/completions" else {}
             if request.get("stream"):
                 self._stream_events()
-            elif self.path == "/bulk":
+            elif "X-Bulk-Bytes" in self.headers:
                 self._send_bulk(int(self.headers["X-Bulk-Bytes"]))
             else:
                 self._send_json(200, {"received_bytes": len(body)})
@@ -416,11 +441,65 @@ def test_key_map_refuses_empty_duplicate_and_bare_string() -> None:
         ({"api_key_map_path": "/etc/x; include /y"}, "api_key_map_path"),
         ({"upstream_read_timeout_seconds": 0}, "upstream_read_timeout_seconds=0"),
         ({"worker_processes": 0}, "worker_processes=0"),
+        ({"limit_conn_per_address": 0}, "limit_conn_per_address=0"),
+        ({"client_header_timeout_seconds": 0}, "client_header_timeout_seconds=0"),
+        ({"worker_connections": 8192, "worker_rlimit_nofile": 4096}, "worker_rlimit_nofile=4096"),
+        ({"lingering_time_seconds": 1, "lingering_timeout_seconds": 5}, "lingering_timeout_seconds=5"),
     ],
 )
 def test_settings_reject_values_that_would_break_the_config(overrides: dict, expected_words: str) -> None:
     with pytest.raises(ValueError, match=expected_words):
         GatewaySettings(**overrides)
+
+
+def _locations(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip().startswith("location ")]
+
+
+def test_only_the_openai_routes_and_health_have_a_proxied_location() -> None:
+    text = render_nginx_conf(GatewaySettings())
+    exact = {line.split()[2] for line in _locations(text) if line.split()[1] == "="}
+    assert exact == {path for _, path in (*OPENAI_ROUTES, HEALTH_ROUTE)}
+    # Every proxy_pass names one of those paths: nothing is passed on under a prefix.
+    passes = [line.strip() for line in text.splitlines() if line.strip().startswith("proxy_pass ")]
+    assert sorted(passes) == sorted(
+        f"proxy_pass http://trtllm_serve{path};" for _, path in (*OPENAI_ROUTES, HEALTH_ROUTE)
+    )
+    # The one prefix location answers 404 and passes nothing on.
+    catch_all = text[text.index("location / {") :]
+    assert catch_all[: catch_all.index("}")].split("\n")[1].strip() == "return 404;"
+    assert [method for method, _ in OPENAI_ROUTES] == ["GET", "POST", "POST", "POST"]
+
+
+def test_logs_hold_no_query_string_and_no_request_line() -> None:
+    text = render_nginx_conf(GatewaySettings())
+    log_format = next(line for line in text.splitlines() if "log_format" in line)
+    assert '"path":"$uri"' in log_format
+    for variable in ('$request"', "$request_uri", "$args", "$query_string", "$http_authorization"):
+        assert variable not in log_format, variable
+    assert "$arg_" not in log_format and "$http_referer" not in log_format
+    # Request-level messages (which carry the request line) are logged only at crit and above.
+    http_block = text[text.index("http {") :]
+    assert http_block.index("error_log stderr crit;") < http_block.index("server {")
+    assert "\nerror_log stderr warn;" in text[: text.index("http {")]
+
+
+def test_abuse_limits_are_rendered_from_the_settings() -> None:
+    settings = GatewaySettings()
+    text = render_nginx_conf(settings)
+    assert f"worker_connections {settings.worker_connections};" in text
+    assert f"worker_rlimit_nofile {settings.worker_rlimit_nofile};" in text
+    assert settings.worker_connections >= 8192
+    assert settings.worker_rlimit_nofile >= settings.worker_connections
+    assert "limit_conn_zone $binary_remote_addr zone=per_address:4m;" in text
+    assert f"limit_conn per_address {settings.limit_conn_per_address};" in text
+    # 4 replicas a node x max_batch_size 64: one client filling a node's batch is not refused.
+    assert settings.limit_conn_per_address >= 4 * 64
+    assert "client_header_timeout 10s;" in text
+    assert f"client_body_timeout {settings.client_body_timeout_seconds}s;" in text
+    assert "reset_timedout_connection on;" in text
+    moved = render_nginx_conf(GatewaySettings(limit_conn_per_address=7, client_header_timeout_seconds=3))
+    assert "limit_conn per_address 7;" in moved and "client_header_timeout 3s;" in moved
 
 
 # --- Real nginx in front of the paced upstream ---------------------------------------------------
@@ -604,7 +683,7 @@ def test_slow_client_holds_the_upstream_back_instead_of_filling_the_sidecar(
     # into its temp directory, which in the pod is a memory-backed emptyDir.
     total_bytes = 256 * 1024 * 1024
     head = (
-        "POST /bulk HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n"
+        "POST /v1/completions HTTP/1.1\r\nHost: gateway\r\nConnection: close\r\n"
         f"Authorization: Bearer {gateway.keys[0]}\r\nX-Bulk-Bytes: {total_bytes}\r\n"
         "Content-Length: 2\r\n\r\n{}"
     ).encode()
@@ -682,6 +761,177 @@ def test_access_log_holds_fingerprints_never_keys(gateway: Gateway) -> None:
     log = gateway.nginx.access_log
     for key in (*gateway.keys, wrong_key):
         assert key not in log
+
+
+# --- The allowlist: only the OpenAI routes reach the server ---------------------------------------
+
+# Outside the allowlist: trtllm-serve's own internal routes, unknown paths, other methods on the
+# allowed paths, and spellings that nginx normalises to an internal route.
+REFUSED_REQUESTS = [
+    *TRTLLM_SERVE_INTERNAL_ROUTES,
+    ("GET", "/"),
+    ("GET", "/v1"),
+    ("GET", "/v1/"),
+    ("GET", "/v1/models/openai/gpt-oss-120b"),
+    ("GET", "/v1/models/"),
+    ("GET", "/V1/MODELS"),
+    ("POST", "/v1/chat/completions/"),
+    ("GET", "/v1/embeddings"),
+    ("GET", "/unknown"),
+    ("GET", "/metrics?format=json"),
+    ("GET", "/v1/models/../../metrics"),
+    ("GET", "/v1/%2e%2e/metrics"),
+    ("PUT", "/v1/models"),
+    ("DELETE", "/v1/models"),
+    ("POST", "/v1/models"),
+    ("HEAD", "/v1/models"),
+    ("OPTIONS", "/v1/chat/completions"),
+    ("GET", "/v1/chat/completions"),
+    ("PUT", "/v1/chat/completions"),
+    ("PATCH", "/v1/completions"),
+    ("DELETE", "/v1/responses"),
+    ("GET", "/v1/responses"),
+    ("TRACE", "/v1/models"),
+    ("POST", "/health"),
+    ("DELETE", "/health"),
+]
+
+
+@pytest.mark.parametrize("with_key", [False, True], ids=["no-key", "valid-key"])
+@pytest.mark.parametrize(("method", "path"), REFUSED_REQUESTS, ids=[f"{m} {p}" for m, p in REFUSED_REQUESTS])
+def test_everything_outside_the_allowlist_is_404_from_the_gateway(
+    gateway: Gateway, paced_upstream: PacedUpstream, method: str, path: str, with_key: bool
+) -> None:
+    before = len(paced_upstream.state.snapshot())
+    body = b"{}" if method in ("POST", "PUT", "PATCH") else None
+    reply = call(gateway.port, method, path, key=gateway.keys[0] if with_key else None, body=body)
+    # The same answer with or without a valid key: a 404 tells nothing about keys.
+    assert reply.status == 404, (reply.status, reply.body[:200])
+    if method != "HEAD":
+        assert reply.headers["Content-Type"].startswith("application/json")
+        assert reply.json()["error"]["code"] == "not_found"
+    assert "WWW-Authenticate" not in reply.headers
+    # The refused client's connection is closed, not kept alive for free.
+    assert reply.headers["Connection"] == "close"
+    assert len(paced_upstream.state.snapshot()) == before
+
+
+@pytest.mark.parametrize(("method", "path"), OPENAI_ROUTES, ids=[f"{m} {p}" for m, p in OPENAI_ROUTES])
+def test_each_openai_route_reaches_the_server_with_a_key_and_is_401_without(
+    gateway: Gateway, paced_upstream: PacedUpstream, method: str, path: str
+) -> None:
+    body = (
+        json.dumps({"model": PACED_MODEL, "messages": [], "input": "hi"}).encode()
+        if method == "POST"
+        else None
+    )
+    before = len(paced_upstream.state.snapshot())
+    refused = call(gateway.port, method, path, body=body)
+    assert refused.status == 401 and refused.json()["error"]["code"] == "invalid_api_key"
+    assert len(paced_upstream.state.snapshot()) == before
+
+    reply = call(gateway.port, method, path, key=gateway.keys[0], body=body)
+    assert reply.status == 200, reply.body[:200]
+    forwarded = paced_upstream.state.snapshot()[before:]
+    assert [(request.method, request.path) for request in forwarded] == [(method, path)]
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    ["//v1//models", "/v1/./models", "/metrics/../v1/models", "/v1/%6Dodels", "/v1/models?limit=1"],
+)
+def test_the_server_sees_the_canonical_path_whatever_the_client_spelling(
+    gateway: Gateway, paced_upstream: PacedUpstream, spelling: str
+) -> None:
+    # nginx matches the normalised path; the server gets that path, never the client's spelling,
+    # so no spelling can mean an allowed route to nginx and an internal one to uvicorn.
+    before = len(paced_upstream.state.snapshot())
+    reply = call(gateway.port, "GET", spelling, key=gateway.keys[0])
+    forwarded = paced_upstream.state.snapshot()[before:]
+    assert len(forwarded) == 1
+    query = spelling.partition("?")[2]
+    assert forwarded[0].path == "/v1/models" + (f"?{query}" if query else "")
+    if not query:
+        assert reply.status == 200
+
+
+def test_health_stays_open_without_a_key_and_only_for_get(
+    gateway: Gateway, paced_upstream: PacedUpstream
+) -> None:
+    before = requests_to(paced_upstream, "/health")
+    assert call(gateway.port, "GET", "/health").status == 200
+    assert call(gateway.port, "GET", "/health", key=new_key()).status == 200
+    assert call(gateway.port, "POST", "/health", body=b"{}").status == 404
+    assert requests_to(paced_upstream, "/health") == before + 2
+
+
+def test_workers_run_with_the_configured_open_file_limit(gateway: Gateway) -> None:
+    # worker_rlimit_nofile is set by each worker itself (setrlimit), here as an unprivileged
+    # user: it works as long as it does not exceed the hard limit nginx was started with.
+    expected = gateway.nginx.settings.worker_processes
+    deadline = time.monotonic() + 5  # the port listens before the master has forked its workers
+    workers = gateway.nginx.worker_pids()
+    while len(workers) < expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+        workers = gateway.nginx.worker_pids()
+    assert len(workers) == expected
+    wanted = gateway.nginx.settings.worker_rlimit_nofile
+    for pid in workers:
+        assert gateway.nginx.open_file_limit(pid) == (wanted, wanted)
+    assert "setrlimit" not in gateway.nginx.error_log
+
+
+def test_no_query_string_or_header_reaches_either_log_when_the_upstream_is_down() -> None:
+    # nginx's error log appends `request: "GET /path?query HTTP/1.1"`, `host:` and `referrer:`
+    # to every message about a request, and logs a failed upstream connect at level error. With
+    # trtllm-serve down (502), neither log may show a query string or a header.
+    key, wrong_key = new_key(), new_key()
+    query_marker, header_marker = f"qs{new_key()[:12]}", f"hd{new_key()[:12]}"
+    nginx = start_nginx(upstream_port=free_loopback_port(), api_keys=[key])
+    agent = f"markers-{new_key()[:8]}"
+    headers = {
+        "User-Agent": agent,
+        "Referer": f"https://{header_marker}.example/",
+        "X-Client-Secret": header_marker,
+        "Cookie": f"session={header_marker}",
+    }
+    requests = [
+        ("GET", f"/v1/models?api_key={query_marker}", f"Bearer {key}", 502),
+        ("POST", f"/v1/chat/completions?token={query_marker}", f"Bearer {key}", 502),
+        ("GET", f"/health?probe={query_marker}", None, 502),
+        ("GET", f"/v1/models?api_key={query_marker}", f"Bearer {wrong_key}", 401),
+        ("GET", f"/metrics?x={query_marker}", f"Bearer {key}", 404),
+    ]
+    try:
+        for method, target, authorization, expected in requests:
+            connection = http.client.HTTPConnection(
+                "127.0.0.1", nginx.settings.listen_port, timeout=REQUEST_TIMEOUT_SECONDS
+            )
+            try:
+                sent = dict(headers, Host=f"{header_marker}.example")
+                if authorization:
+                    sent["Authorization"] = authorization
+                body = b'{"model": "m", "messages": []}' if method == "POST" else None
+                connection.request(method, target, body=body, headers=sent)
+                assert connection.getresponse().status == expected, target
+            finally:
+                connection.close()
+        deadline = time.monotonic() + 5
+        while nginx.access_log.count(agent) < len(requests) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        access_log, error_log = nginx.access_log, nginx.error_log
+    finally:
+        nginx.stop()
+    # Two workers write the log, each just after answering: lines may swap places.
+    entries = [json.loads(line) for line in access_log.splitlines() if agent in line]
+    assert sorted(entry["status"] for entry in entries) == sorted(str(expected) for *_, expected in requests)
+    proxied = [entry for entry in entries if entry["status"] == "502"]
+    assert {entry["path"] for entry in proxied} == {"/v1/models", "/v1/chat/completions", "/health"}
+    assert all(entry["upstream_status"] == "502" for entry in proxied)
+    for log in (access_log, error_log):
+        for marker in (query_marker, header_marker, key, wrong_key, "Bearer"):
+            assert marker not in log, (marker, log[-2000:])
+    assert "request:" not in error_log
 
 
 def _replace_like_kubelet(path: Path, text: str) -> None:
