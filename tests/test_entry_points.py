@@ -170,6 +170,7 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
         {"trtllmOptions": {"max_batch_sise": 8}},
         "trtllmOptions: max_batch_sise: unknown option (did you mean max_batch_size?)",
     ),
+    "moving-revision": ({"modelRevision": "main"}, "modelRevision = 'main': a full commit hash"),
     "latest-image": (
         {"trtllmImage": "nvcr.io/nvidia/tensorrt-llm/release:latest"},
         "trtllmImage = 'nvcr.io/nvidia/tensorrt-llm/release:latest': pin a release tag",

@@ -320,6 +320,7 @@ class StackConfig(BaseModel):
     replicas: Annotated[int, _whole_number(1, 64)] = Field(alias="replicas")
     gpus_per_replica: Annotated[int, _whole_number(1, 8)] = Field(alias="gpusPerReplica")
     model: Annotated[Text, AfterValidator(_known_model)] = Field(alias="model")
+    model_revision: Text = Field(alias="modelRevision")
     trtllm_image: Text = Field(alias="trtllmImage")
     trtllm_options: Annotated[dict[str, Any], BeforeValidator(_options)] = Field(alias="trtllmOptions")
     startup_timeout_minutes: Annotated[int, _whole_number(40, 240)] = Field(alias="startupTimeoutMinutes")
@@ -652,12 +653,15 @@ def _derive(
             image=stack.trtllm_image,
             gpu=instance.gpu,
             gpus_per_replica=stack.gpus_per_replica,
+            revision=stack.model_revision,
         )
     except RuntimeConfigError as error:
         for problem in error.problems:
             # The runtime names its own inputs; the image and model come from their own keys.
             if problem.startswith("image = "):
                 problems.append(f"{_key('trtllmImage')} = {problem.removeprefix('image = ')}")
+            elif problem.startswith("revision = "):
+                problems.append(f"{_key('modelRevision')} = {problem.removeprefix('revision = ')}")
             else:
                 problems.append(f"{_key('trtllmOptions')}: {problem}")
 

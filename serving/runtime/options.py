@@ -50,6 +50,9 @@ TEMPLATE_OPTIONS: dict[str, Any] = {
     "moe_config": {"backend": "TRITON"},
 }
 
+# The LLM-API fields that name the model repository's revision (weights and tokenizer).
+REVISION_OPTIONS = ("revision", "tokenizer_revision")
+
 # The image must name a release tag or a digest: an unpinned image changes under a running stack.
 _PINNED_IMAGE = re.compile(
     r"^(?:[^\s/:@]+(?::[0-9]+)?/)?"  # registry, with an optional port (registry:5000/)
@@ -135,12 +138,30 @@ def build_runtime(
     port: int = DEFAULT_PORT,
     gpu: GpuKind = H100_SXM,
     gpus_per_replica: int = DEFAULT_GPUS_PER_REPLICA,
+    revision: str | None = None,
 ) -> ServingRuntime:
-    """Merge `overrides` over the template and validate; raises RuntimeConfigError."""
+    """Merge `overrides` over the template and validate; raises RuntimeConfigError.
+
+    `revision`, a commit of the model's repository, pins what is downloaded and served: the
+    download step fetches that commit and the server loads it (revision and tokenizer_revision
+    in the options file), so every node serves the same weights and a new revision rolls pods.
+    """
     problems: list[str] = []
     if not isinstance(overrides, Mapping) and overrides is not None:
         raise RuntimeConfigError([f"options = {overrides!r}: expected a mapping of option names"])
+    for key in REVISION_OPTIONS:
+        if key in (overrides or {}):
+            problems.append(
+                f"{key}: set by the stack's modelRevision, which the download uses too; set that instead"
+            )
+    if revision is not None and not re.fullmatch(r"[0-9a-f]{40}", str(revision)):
+        problems.append(
+            f"revision = {revision!r}: a full commit hash of the model repository (40 hex digits), "
+            "so that every node downloads and serves the same weights; a branch such as main moves"
+        )
     options = merge_options(TEMPLATE_OPTIONS, overrides or {})
+    if revision is not None:
+        options.update(dict.fromkeys(REVISION_OPTIONS, revision))
     problems += _check_known_fields(options, schema.TOP_LEVEL, path="")
     facts = MODELS.get(model)
     if facts is None:
@@ -418,10 +439,18 @@ def render_download_command(runtime: ServingRuntime) -> list[str]:
     It calls huggingface_hub's snapshot_download from Python, a stable API across hub releases
     (the CLI's name changed from huggingface-cli to hf); the token comes from HF_TOKEN.
     """
+    revision = runtime.options.get("revision")
     script = (
         "from huggingface_hub import snapshot_download; "
-        f"path = snapshot_download(repo_id={runtime.model.hf_id!r}, "
+        f"path = snapshot_download(repo_id={runtime.model.hf_id!r}, revision={revision!r}, "
         f"ignore_patterns={list(WEIGHTS_IGNORE_PATTERNS)!r}); "
         "print('weights ready in', path, flush=True)"
     )
+    if revision is not None:
+        # A download by commit hash writes no ref; point the cache's `main` at it too, so that
+        # any loader that asks for the default branch offline finds this same commit.
+        script += (
+            "; import pathlib; ref = pathlib.Path(path).parents[1] / 'refs' / 'main'; "
+            f"ref.parent.mkdir(parents=True, exist_ok=True); ref.write_text({revision!r})"
+        )
     return ["python3", "-c", script]

@@ -194,3 +194,21 @@ def test_the_pods_network_policy_is_registered_and_enforced_by_the_vpc_cni():
     # An existing cluster's nodes are unknown to the stack: only the given ranges get in.
     byo = plan("existing-cluster").one("kubernetes:networking.k8s.io/v1:NetworkPolicy").inputs
     assert [peer["ipBlock"]["cidr"] for peer in byo["spec"]["ingress"][0]["from"]] == ["10.0.0.0/8"]
+
+
+def test_a_new_model_revision_rolls_the_pods_and_reaches_download_and_server():
+    revision = "fedcba9876543210fedcba9876543210fedcba98"
+    changed = run(config={"modelRevision": revision})
+
+    def checksum(result):
+        annotations = result.one(DEPLOYMENT, "gpt-oss-server").inputs["spec"]["template"]["metadata"][
+            "annotations"
+        ]
+        return annotations["gpt-oss.serving/config-checksum"]
+
+    assert checksum(changed) != checksum(plan())
+    options = yaml.safe_load(
+        changed.one(CONFIG_MAP, "gpt-oss-trtllm-options").inputs["data"]["extra-llm-api-options.yaml"]
+    )
+    assert options["revision"] == revision
+    assert repr(revision) in containers(changed)["download-weights"]["command"][-1]

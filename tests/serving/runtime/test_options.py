@@ -282,3 +282,30 @@ def test_every_problem_is_reported_at_once():
 def test_a_valid_override_of_the_parallelism_passes():
     runtime = build_runtime({"moe_expert_parallel_size": 1}, gpu=H100_SXM)
     assert runtime.moe_expert_parallel_size == 1 and runtime.gpus_per_replica == 2
+
+
+REVISION = "0123456789abcdef0123456789abcdef01234567"
+
+
+def test_a_revision_pins_the_download_and_the_server_alike():
+    runtime = build_runtime(revision=REVISION)
+    options = yaml.safe_load(render_options_yaml(runtime))
+    # The server loads that commit (weights and tokenizer) ...
+    assert options["revision"] == options["tokenizer_revision"] == REVISION
+    # ... the download step fetches it, and points the offline cache's `main` at it.
+    script = render_download_command(runtime)[-1]
+    assert f"revision={REVISION!r}" in script and "'refs' / 'main'" in script
+    # Without a revision nothing is pinned: the download follows the repository's head.
+    assert "revision=None" in render_download_command(build_runtime())[-1]
+    assert "revision" not in yaml.safe_load(render_options_yaml(build_runtime()))
+
+
+@pytest.mark.parametrize("bad", ["main", "b5c939de", "B5C939DE8F754692C1647CA79FBF85E8C1E70F8A"])
+def test_a_revision_must_be_a_full_commit_hash(bad: str):
+    [problem] = problems_of({}, revision=bad)
+    assert problem.startswith(f"revision = {bad!r}: a full commit hash")
+
+
+def test_the_revision_is_set_in_one_place_only():
+    [problem] = problems_of({"revision": REVISION}, revision=REVISION)
+    assert problem.startswith("revision: set by the stack's modelRevision")
