@@ -103,7 +103,6 @@ def create_aws_platform(settings: StackSettings) -> tuple[KubernetesPlatform, di
         provider=provider,
         cluster_name=cluster.name,
         kms_key_arn=cluster.kms_key_arn,
-        vpc_cidr=settings.network.vpc_cidr,
         gpu_capacity=gpu_capacity,
     )
     outputs = {

@@ -20,8 +20,6 @@ class KubernetesPlatform:
     cluster_name: pulumi.Output[str] | str
     # The stack's KMS key (EKS secrets envelope encryption); None for an existing cluster.
     kms_key_arn: pulumi.Output[str] | None
-    # The VPC's CIDR when this stack created the VPC; None for an existing cluster.
-    vpc_cidr: str | None
     # What GPU workloads must wait for (GPU node group, device plugin): without them a GPU pod
     # would sit Pending and `pulumi up` would wait for it until its timeout.
     gpu_capacity: list[pulumi.Resource] = field(default_factory=list)
@@ -53,6 +51,5 @@ def existing_cluster_platform(name: str, kubeconfig: pulumi.Output[str]) -> Kube
         provider=kubernetes_provider("existing-cluster", kubeconfig),
         cluster_name=name,
         kms_key_arn=None,
-        vpc_cidr=None,
         gpu_capacity=[],
     )
