@@ -69,11 +69,13 @@ class InferenceServer(pulumi.ComponentResource):
             *,
             depends_on: list[pulumi.Resource] | None = None,
             custom_timeouts: pulumi.CustomTimeouts | None = None,
+            renamed: bool = True,
         ) -> pulumi.ResourceOptions:
+            # `renamed`: the child was once registered as plain `object_name`; the alias keeps it.
             return pulumi.ResourceOptions(
                 parent=self,
                 depends_on=depends_on or [],
-                aliases=[pulumi.Alias(name=object_name)],
+                aliases=[pulumi.Alias(name=object_name)] if renamed else None,
                 custom_timeouts=custom_timeouts,
             )
 
@@ -173,7 +175,7 @@ class InferenceServer(pulumi.ComponentResource):
             f"{name}-network-policy",
             metadata=policy["metadata"],
             spec=policy["spec"],
-            opts=child("network-policy", depends_on=[namespace]),
+            opts=child("network-policy", depends_on=[namespace], renamed=False),
         )
 
         service_manifest = workload.service(spec)
