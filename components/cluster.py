@@ -11,7 +11,7 @@ components are opaque under mocks).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pulumi
@@ -50,14 +50,18 @@ class ClusterArgs:
     tags: dict[str, str] = field(default_factory=dict)
 
 
-# Managed policies a node needs and nothing more: join the cluster, let the VPC CNI manage pod
-# IPs, pull images from ECR (the EKS add-on images). No SSM: `kubectl debug node/<name>` gives a
-# shell on a node without an extra agent and IAM permission on every GPU node.
+# Managed policies a node needs and nothing more: join the cluster and pull images from ECR (the
+# EKS add-on images; pull-only, AWS's policy for exactly that). The VPC CNI's own policy is on
+# the CNI's role (EKS Pod Identity, below), as AWS recommends: every pod on a node can reach
+# what the node role may do. No SSM: `kubectl debug node/<name>` gives a shell on a node without
+# an extra agent and IAM permission on every GPU node.
 NODE_MANAGED_POLICIES = (
     "AmazonEKSWorkerNodePolicy",
-    "AmazonEKS_CNI_Policy",
-    "AmazonEC2ContainerRegistryReadOnly",
+    "AmazonEC2ContainerRegistryPullOnly",
 )
+# The VPC CNI's policy, on a role only its service account (kube-system/aws-node) can assume.
+CNI_MANAGED_POLICY = "AmazonEKS_CNI_Policy"
+CNI_SERVICE_ACCOUNT = "aws-node"
 
 
 def _assume_role_policy(service: str) -> str:
@@ -68,8 +72,9 @@ def _assume_role_policy(service: str) -> str:
                 {
                     "Effect": "Allow",
                     "Principal": {"Service": service},
+                    # EKS (the control plane, and Pod Identity for pods) also tags the session.
                     "Action": ["sts:AssumeRole", "sts:TagSession"]
-                    if service == "eks.amazonaws.com"
+                    if service in ("eks.amazonaws.com", "pods.eks.amazonaws.com")
                     else ["sts:AssumeRole"],
                 }
             ],
@@ -320,7 +325,12 @@ class EksCluster(pulumi.ComponentResource):
         cluster_admin_policy = (
             f"arn:{self.partition}:eks::aws:cluster-access-policy/AmazonEKSClusterAdminPolicy"
         )
+        # The identity running `pulumi up` already has an access entry (the creator's); a second
+        # one for the same role would fail to create.
+        deploying_role = aws.iam.get_session_context(arn=aws.get_caller_identity().arn).issuer_arn
         for index, principal in enumerate(args.admin_role_arns):
+            if principal == deploying_role:
+                continue
             entry = aws.eks.AccessEntry(
                 f"{name}-admin-{index}",
                 cluster_name=self.cluster.name,
@@ -348,7 +358,31 @@ class EksCluster(pulumi.ComponentResource):
             ).apply(lambda parts: kubeconfig_for(parts[0], parts[1], parts[2], args.region))
         )
 
-        self.node_prerequisites = list(self._addons(name, NODE_PREREQUISITE_ADDONS, args, depends_on=[]))
+        # The VPC CNI's AWS permissions, for its service account only (EKS Pod Identity; the
+        # eks-pod-identity-agent add-on, installed with it, hands them out on each node).
+        cni_role = aws.iam.Role(
+            f"{name}-vpc-cni-role",
+            assume_role_policy=_assume_role_policy("pods.eks.amazonaws.com"),
+            description=f"VPC CNI (kube-system/{CNI_SERVICE_ACCOUNT}) of EKS cluster {args.name}",
+            tags=args.tags,
+            opts=child,
+        )
+        cni_policy = aws.iam.RolePolicyAttachment(
+            f"{name}-vpc-cni-role-policy",
+            role=cni_role.name,
+            policy_arn=f"arn:{self.partition}:iam::aws:policy/{CNI_MANAGED_POLICY}",
+            opts=child,
+        )
+        identities = {
+            "vpc-cni": [
+                aws.eks.AddonPodIdentityAssociationArgs(
+                    role_arn=cni_role.arn, service_account=CNI_SERVICE_ACCOUNT
+                )
+            ]
+        }
+        self.node_prerequisites = list(
+            self._addons(name, NODE_PREREQUISITE_ADDONS, args, depends_on=[cni_policy], identities=identities)
+        )
         # Named from this component since it owns them; the aliases keep the URNs they had as
         # top-level components, so existing stacks replace nothing.
         self.node_role = NodeRole(
@@ -385,7 +419,12 @@ class EksCluster(pulumi.ComponentResource):
         )
 
     def _addons(
-        self, name: str, addon_names: tuple[str, ...], args: ClusterArgs, depends_on: list[pulumi.Resource]
+        self,
+        name: str,
+        addon_names: tuple[str, ...],
+        args: ClusterArgs,
+        depends_on: list[pulumi.Resource],
+        identities: Mapping[str, Sequence[aws.eks.AddonPodIdentityAssociationArgs]] | None = None,
     ) -> list[aws.eks.Addon]:
         """EKS managed add-ons, each at the default version AWS publishes for this Kubernetes
         version. The version is looked up rather than pinned so that raising kubernetesVersion
@@ -408,6 +447,7 @@ class EksCluster(pulumi.ComponentResource):
                         if addon_name in ADDON_CONFIGURATION
                         else None
                     ),
+                    pod_identity_associations=(identities or {}).get(addon_name),
                     # The cluster starts without self-managed copies, so nothing is overwritten
                     # on create; on update EKS's published configuration wins over hand edits.
                     resolve_conflicts_on_create="OVERWRITE",

@@ -82,7 +82,10 @@ class NvidiaDevicePlugin(pulumi.ComponentResource):
                             k8s.core.v1.ContainerArgs(
                                 name="nvidia-device-plugin",
                                 image=DEVICE_PLUGIN_IMAGE,
-                                env=[k8s.core.v1.EnvVarArgs(name="FAIL_ON_INIT_ERROR", value="false")],
+                                # Upstream's default, stated: a broken driver crashes the plugin
+                                # (CrashLoopBackOff, visible at once) instead of leaving GPU pods
+                                # Pending until the rollout's 90-minute timeout.
+                                env=[k8s.core.v1.EnvVarArgs(name="FAIL_ON_INIT_ERROR", value="true")],
                                 resources=k8s.core.v1.ResourceRequirementsArgs(
                                     requests={"cpu": "50m", "memory": "64Mi"},
                                     limits={"cpu": "500m", "memory": "256Mi"},

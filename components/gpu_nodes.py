@@ -186,7 +186,12 @@ class GpuNodeGroup(pulumi.ComponentResource):
                 min_size=nodes.node_count,
                 max_size=nodes.node_count,
             ),
-            update_config=aws.eks.NodeGroupUpdateConfigArgs(max_unavailable=1),
+            # MINIMAL: an AMI, launch-template or version update replaces nodes one at a time
+            # instead of first launching extra ones (DEFAULT surges by up to twice the zones):
+            # p5 capacity and quota rarely have room for more, and a Capacity Block has none.
+            update_config=aws.eks.NodeGroupUpdateConfigArgs(max_unavailable=1, update_strategy="MINIMAL"),
+            # EKS replaces a GPU node whose health checks fail (GPU, kubelet, networking).
+            node_repair_config=aws.eks.NodeGroupNodeRepairConfigArgs(enabled=True),
             labels=dict(nodes.labels),
             taints=[aws.eks.NodeGroupTaintArgs(key=GPU_TAINT_KEY, value="true", effect="NO_SCHEDULE")],
             launch_template=aws.eks.NodeGroupLaunchTemplateArgs(
@@ -201,6 +206,11 @@ class GpuNodeGroup(pulumi.ComponentResource):
                 # A p5 node takes minutes to launch and pass EKS health checks; a Capacity Block
                 # only launches once its window starts.
                 custom_timeouts=pulumi.CustomTimeouts(create="60m", update="90m"),
+                # A change EKS cannot apply in place (AMI type, capacity type, instance types, the
+                # reservation's zone) replaces the group. Create-before-delete would fail on the
+                # group's fixed name and need twice the GPU quota; deleting first frees both.
+                # The serving pods wait Pending for the new nodes meanwhile.
+                delete_before_replace=True,
             ),
         )
         self.node_group_name = self.node_group.node_group_name

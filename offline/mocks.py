@@ -53,6 +53,16 @@ class PlanMocks(pulumi.runtime.Mocks):
                 "arn": f"arn:aws:iam::{ACCOUNT_ID}:role/<deploying-role>",
                 "userId": "<deploying-identity>",
             }
+        if token == "aws:iam/getSessionContext:getSessionContext":
+            # The deploying identity as an assumed role: its issuer is the role itself.
+            return {
+                "id": args.args.get("arn"),
+                "arn": args.args.get("arn"),
+                "issuerArn": f"arn:aws:iam::{ACCOUNT_ID}:role/<deploying-role>",
+                "issuerId": "<deploying-role-id>",
+                "issuerName": "<deploying-role>",
+                "sessionName": "<session>",
+            }
         if token == "aws:index/getRegion:getRegion":
             return {
                 "id": self.region,

@@ -47,6 +47,7 @@ class PlannedResource:
     provider: str | None
     dependencies: list[str]  # URNs this resource waits for (depends_on and input dependencies)
     aliases: list[dict[str, Any]]  # what the engine would match old URNs against (see _alias_record)
+    delete_before_replace: bool  # a replacement deletes the old resource before creating the new
     inputs: dict[str, Any]  # secrets unwrapped: for checks only
     state: dict[str, Any]  # inputs + what the mocked cloud returned, secrets unwrapped
     _wrapped_inputs: dict[str, Any] = field(repr=False, default_factory=dict)
@@ -188,6 +189,7 @@ class RecordingMonitor(MockMonitor):
                     "dependencies": sorted(set(request.dependencies)),
                     "inputs": inputs,
                     "aliases": [_alias_record(alias) for alias in request.aliases],
+                    "delete_before_replace": bool(request.deleteBeforeReplace),
                 }
             )
         return response
@@ -271,6 +273,7 @@ def run_program(
                 provider=record["provider"],
                 dependencies=record["dependencies"],
                 aliases=record["aliases"],
+                delete_before_replace=record["delete_before_replace"],
                 inputs=unwrap(record["inputs"]),
                 state=unwrap(wrapped_state),
                 _wrapped_inputs=record["inputs"],

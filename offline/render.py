@@ -229,6 +229,8 @@ SUMMARIES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
         "labels",
         "taints",
         "subnetIds",
+        "updateConfig.updateStrategy",
+        "nodeRepairConfig.enabled",
     ),
     "aws:ec2/launchTemplate:LaunchTemplate": _launch_template,
     "kubernetes:apps/v1:Deployment": _workload,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 
 import pytest
 
@@ -148,7 +149,6 @@ def test_gpu_node_group_is_a_fixed_size_tainted_p5_group_on_the_nvidia_ami():
     assert group["amiType"] == "AL2023_x86_64_NVIDIA"
     assert group["capacityType"] == "ON_DEMAND"
     assert group["scalingConfig"] == {"desiredSize": 1, "minSize": 1, "maxSize": 1}
-    assert group["updateConfig"] == {"maxUnavailable": 1}
     assert group["taints"] == [{"key": "nvidia.com/gpu", "value": "true", "effect": "NO_SCHEDULE"}]
     assert group["labels"] == {"nvidia.com/gpu.present": "true"}
     assert group["nodeGroupName"] == "gpt-oss-prod-gpu"
@@ -242,11 +242,38 @@ def test_nodes_get_only_the_managed_policies_they_need():
         for a in plan().of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")
         if a.name.startswith("cluster-node-role-")
     }
-    assert attached == {
-        "AmazonEKSWorkerNodePolicy",
-        "AmazonEKS_CNI_Policy",
-        "AmazonEC2ContainerRegistryReadOnly",
-    }
+    # FACTS.md: AWS names AmazonEC2ContainerRegistryPullOnly for pulling images, and recommends
+    # the VPC CNI's policy on the CNI's own role, not on the node role.
+    assert attached == {"AmazonEKSWorkerNodePolicy", "AmazonEC2ContainerRegistryPullOnly"}
+
+
+def test_the_vpc_cni_gets_its_policy_through_its_own_pod_identity_role():
+    result = plan()
+    role = result.one("aws:iam/role:Role", "cluster-vpc-cni-role")
+    trust = json.loads(role.inputs["assumeRolePolicy"])["Statement"]
+    assert [s["Principal"] for s in trust] == [{"Service": "pods.eks.amazonaws.com"}]
+    assert set(trust[0]["Action"]) == {"sts:AssumeRole", "sts:TagSession"}
+    attachment = result.one(
+        "aws:iam/rolePolicyAttachment:RolePolicyAttachment", "cluster-vpc-cni-role-policy"
+    )
+    assert attachment.inputs["policyArn"].endswith(":policy/AmazonEKS_CNI_Policy")
+    assert attachment.inputs["role"] == role.state["name"]
+    cni = next(a for a in result.of_type("aws:eks/addon:Addon") if a.inputs["addonName"] == "vpc-cni")
+    assert cni.inputs["podIdentityAssociations"] == [
+        {"roleArn": role.state["arn"], "serviceAccount": "aws-node"}
+    ]
+    addons = {a.inputs["addonName"] for a in result.of_type("aws:eks/addon:Addon")}
+    assert "eks-pod-identity-agent" in addons  # what hands the role's credentials to the pods
+
+
+def test_the_deploying_role_gets_no_second_access_entry():
+    # The deploying identity is cluster admin already (bootstrap creator permissions); listing
+    # it in clusterAdminRoleArns too must not create a duplicate entry, which EKS refuses.
+    deploying = "arn:aws:iam::123456789012:role/<deploying-role>"
+    other = "arn:aws:iam::123456789012:role/platform-admins"
+    result = run(config={"clusterAdminRoleArns": [deploying, other]})
+    principals = [e.inputs["principalArn"] for e in result.of_type("aws:eks/accessEntry:AccessEntry")]
+    assert principals == [other]
 
 
 # --- Kubernetes side ---------------------------------------------------------------------------
@@ -389,3 +416,27 @@ def test_device_plugin_holds_no_api_token_and_no_network_access():
     # Both directions governed and no rule allowing anything: all traffic denied.
     assert policy["policyTypes"] == ["Ingress", "Egress"]
     assert not policy.get("ingress") and not policy.get("egress")
+
+
+def test_gpu_nodes_update_without_surging_and_are_repaired():
+    group = gpu_node_group().inputs
+    # MINIMAL: an update replaces nodes in place instead of launching extra p5 first, so the
+    # quota for gpuNodeCount nodes covers updates too.
+    assert group["updateConfig"] == {"maxUnavailable": 1, "updateStrategy": "MINIMAL"}
+    assert group["nodeRepairConfig"] == {"enabled": True}
+
+
+@pytest.mark.parametrize("variant", ["capacity-block", "bottlerocket", "h200"])
+def test_a_replacing_change_deletes_the_old_gpu_node_group_first(variant: str):
+    # ON_DEMAND -> CAPACITY_BLOCK, AL2023 -> Bottlerocket, p5 -> p5e replace the node group. Its
+    # name is the same before and after, so a new group created first would collide with the
+    # old one (and need its quota twice over): the old one must be deleted first.
+    before, after = gpu_node_group("prod"), gpu_node_group(variant)
+    changed = {
+        key
+        for key in ("amiType", "capacityType", "instanceTypes")
+        if before.inputs.get(key) != after.inputs.get(key)
+    }
+    assert changed, "the variant must change a field EKS cannot update in place"
+    assert before.inputs["nodeGroupName"] == after.inputs["nodeGroupName"]
+    assert after.delete_before_replace and before.delete_before_replace
