@@ -24,18 +24,29 @@ from components.platform import KubernetesPlatform, existing_cluster_platform, k
 from serving.config.settings import PROJECT, SettingsError, StackSettings
 
 
-def availability_zones(settings: StackSettings) -> list[str]:
-    """The zones the VPC spans; a Capacity Block's zone is always one of them."""
+def availability_zones(settings: StackSettings) -> tuple[list[str], list[str]]:
+    """(the zones the VPC spans, those of them where the GPU nodes go).
+
+    p5 is not offered in every zone, and a node group with a subnet in a zone without the type
+    fails to create twenty minutes in: the zones that offer it are looked up at plan time.
+    """
     available = aws.get_availability_zones(
         state="available",
         # Local and Wavelength zones are opt-in and have no p5 capacity.
         filters=[aws.GetAvailabilityZonesFilterArgs(name="opt-in-status", values=["opt-in-not-required"])],
     ).names
+    instance_type = settings.gpu_nodes.instance.name
+    offering = aws.ec2.get_instance_type_offerings(
+        location_type="availability-zone",
+        filters=[aws.ec2.GetInstanceTypeOfferingsFilterArgs(name="instance-type", values=[instance_type])],
+    ).locations
     try:
-        return choose_zones(
+        zones = choose_zones(
             sorted(available),
             settings.network.availability_zone_count,
             settings.gpu_nodes.capacity_reservation_zone,
+            sorted(offering),
+            instance_type,
         )
     except ValueError as error:
         key = (
@@ -44,13 +55,14 @@ def availability_zones(settings: StackSettings) -> list[str]:
             else "availabilityZoneCount"
         )
         raise SettingsError([f"{PROJECT}:{key}: {error}"]) from None
+    return zones, [zone for zone in zones if zone in offering]
 
 
 def create_aws_platform(settings: StackSettings) -> tuple[KubernetesPlatform, dict[str, object]]:
     """Network, cluster, node groups and device plugin; returns the platform and its outputs."""
     name = settings.cluster.name
     tags = {"gpt-oss/stack": pulumi.get_stack(), "gpt-oss/cluster": name}
-    zones = availability_zones(settings)
+    zones, gpu_zones = availability_zones(settings)
 
     network = Network(
         "network", NetworkArgs(cidr=settings.network.vpc_cidr, zones=zones, cluster_name=name, tags=tags)
@@ -77,12 +89,11 @@ def create_aws_platform(settings: StackSettings) -> tuple[KubernetesPlatform, di
         "gpu-nodes",
         GpuNodeGroupArgs(
             cluster=cluster,
-            # A Capacity Block exists in one zone only: place the nodes there.
-            subnet_ids=(
-                [network.private_subnet_ids_by_zone[reservation_zone]]
-                if reservation_zone
-                else network.private_subnet_ids
-            ),
+            # Only zones that offer the instance type; a Capacity Block exists in one zone only.
+            subnet_ids=[
+                network.private_subnet_ids_by_zone[zone]
+                for zone in ([reservation_zone] if reservation_zone else gpu_zones)
+            ],
             nodes=settings.gpu_nodes,
             tags=tags,
         ),
@@ -111,6 +122,7 @@ def create_aws_platform(settings: StackSettings) -> tuple[KubernetesPlatform, di
         "vpcId": network.vpc_id,
         "privateSubnetIds": network.private_subnet_ids,
         "availabilityZones": zones,
+        "gpuAvailabilityZones": gpu_zones,
         "kmsKeyArn": cluster.kms_key_arn,
     }
     return platform, outputs

@@ -172,8 +172,11 @@ class Network(pulumi.ComponentResource):
         )
 
 
-def choose_zones(available: list[str], count: int, required: str | None) -> list[str]:
-    """The first `count` available zones, always including `required` (a Capacity Block's zone).
+def choose_zones(
+    available: list[str], count: int, required: str | None, offering: list[str], instance_type: str
+) -> list[str]:
+    """`count` available zones, those that offer `instance_type` first, always including
+    `required` (a Capacity Block's zone). The GPU nodes go only to the offering ones.
 
     Raises ValueError naming what was asked and what exists, for the settings error message.
     """
@@ -182,11 +185,23 @@ def choose_zones(available: list[str], count: int, required: str | None) -> list
             f"the reservation's zone {required} is not among this region's available zones "
             f"({', '.join(available)})"
         )
+    if required is not None and required not in offering:
+        raise ValueError(
+            f"the reservation's zone {required} does not offer {instance_type} (zones that do: "
+            f"{', '.join(offering) or 'none'})"
+        )
     if count > len(available):
         raise ValueError(
             f"{count} availability zones asked for, the region offers {len(available)} "
             f"({', '.join(available)})"
         )
+    gpu_zones = [zone for zone in available if zone in offering]
+    if not gpu_zones:
+        raise ValueError(
+            f"no available zone of the region offers {instance_type} (available: {', '.join(available)}); "
+            "choose a region or instance type that AWS offers together"
+        )
     chosen = [required] if required else []
-    chosen += [zone for zone in available if zone not in chosen][: count - len(chosen)]
-    return sorted(chosen)
+    chosen += [zone for zone in gpu_zones if zone not in chosen]
+    chosen += [zone for zone in available if zone not in chosen]
+    return sorted(chosen[:count])

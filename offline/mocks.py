@@ -17,6 +17,10 @@ from pulumi.runtime import MockCallArgs, MockResourceArgs
 
 ACCOUNT_ID = "123456789012"  # AWS's documentation account id: never a real account
 ZONE_SUFFIXES = ("a", "b", "c", "d", "e", "f")
+# The mocked region has four zones; GPU instance types are offered in three of them, as p5 is in
+# real regions (not in every zone), so the plan shows a zone being left out.
+ZONE_COUNT = 4
+ZONES_WITHOUT_GPUS = ("d",)
 
 
 class UnmockedInvokeError(RuntimeError):
@@ -31,13 +35,30 @@ class PlanMocks(pulumi.runtime.Mocks):
     def call(self, args: MockCallArgs):
         token = args.token
         if token == "aws:index/getAvailabilityZones:getAvailabilityZones":
-            names = [f"{self.region}{suffix}" for suffix in ZONE_SUFFIXES[:4]]
+            names = [f"{self.region}{suffix}" for suffix in ZONE_SUFFIXES[:ZONE_COUNT]]
             return {
                 "id": self.region,
                 "names": names,
                 "state": "available",
                 "zoneIds": [f"use1-az{i + 1}" for i in range(len(names))],
                 "groupNames": [self.region] * len(names),
+            }
+        if token == "aws:ec2/getInstanceTypeOfferings:getInstanceTypeOfferings":
+            types = next(
+                (f.get("values") for f in args.args.get("filters") or [] if f.get("name") == "instance-type"),
+                [],
+            )
+            gpu = any(t.startswith(("p", "g")) for t in types or [])
+            zones = [
+                f"{self.region}{s}"
+                for s in ZONE_SUFFIXES[:ZONE_COUNT]
+                if not (gpu and s in ZONES_WITHOUT_GPUS)
+            ]
+            return {
+                "id": self.region,
+                "instanceTypes": [t for t in types for _ in zones],
+                "locations": zones,
+                "locationTypes": ["availability-zone"] * len(zones),
             }
         if token == "aws:index/getPartition:getPartition":
             return {

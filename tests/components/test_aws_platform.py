@@ -9,6 +9,7 @@ import pytest
 
 from components.device_plugin import DEVICE_PLUGIN_IMAGE
 from components.gpu_nodes import AL2023_RAID_MOUNT
+from offline import mocks
 from serving.config.settings import SettingsError
 from tests.support.stack_harness import (
     FAKE_KUBECONFIG,
@@ -440,3 +441,47 @@ def test_a_replacing_change_deletes_the_old_gpu_node_group_first(variant: str):
     assert changed, "the variant must change a field EKS cannot update in place"
     assert before.inputs["nodeGroupName"] == after.inputs["nodeGroupName"]
     assert after.delete_before_replace and before.delete_before_replace
+
+
+# --- zones that offer the GPU type -----------------------------------------------------------
+
+
+def test_gpu_nodes_go_only_to_zones_that_offer_the_instance_type():
+    # The mocked region has four zones; GPU types are offered in a, b and c, not d.
+    result = run(config={"availabilityZoneCount": 4})
+    assert result.outputs["availabilityZones"] == [f"us-east-1{z}" for z in "abcd"]
+    assert result.outputs["gpuAvailabilityZones"] == [f"us-east-1{z}" for z in "abc"]
+    subnets = {r.id: r.inputs["availabilityZone"] for r in result.of_type("aws:ec2/subnet:Subnet")}
+    group = by_name_suffix(result, NODE_GROUP, "gpu-nodes-node-group").inputs
+    assert sorted(subnets[s] for s in group["subnetIds"]) == [f"us-east-1{z}" for z in "abc"]
+
+
+def test_zones_that_offer_the_type_are_chosen_first(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(mocks, "ZONES_WITHOUT_GPUS", ("a",))
+    result = run()
+    assert result.outputs["availabilityZones"] == ["us-east-1b", "us-east-1c"]
+    assert result.outputs["gpuAvailabilityZones"] == ["us-east-1b", "us-east-1c"]
+
+
+def test_no_zone_offering_the_type_is_refused_naming_type_region_and_zones(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(mocks, "ZONES_WITHOUT_GPUS", tuple("abcdef"))
+    with pytest.raises(SettingsError) as raised:
+        run()
+    [problem] = raised.value.problems
+    assert "no available zone of the region offers p5.48xlarge" in problem
+    assert "us-east-1a, us-east-1b, us-east-1c, us-east-1d" in problem
+
+
+def test_a_capacity_block_zone_must_offer_the_type():
+    with pytest.raises(SettingsError) as raised:
+        run(
+            config={
+                "gpuCapacityType": "CAPACITY_BLOCK",
+                "capacityReservationId": "cr-0123456789abcdef0",
+                "capacityReservationZone": "us-east-1d",
+            }
+        )
+    [problem] = raised.value.problems
+    assert problem.startswith(
+        "gpt-oss-trtllm:capacityReservationZone: the reservation's zone us-east-1d does not offer p5.48xlarge"
+    )
