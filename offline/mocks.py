@@ -44,7 +44,7 @@ class PlanMocks(pulumi.runtime.Mocks):
                 "groupNames": [self.region] * len(names),
             }
         if token == "aws:ec2/getInstanceTypeOfferings:getInstanceTypeOfferings":
-            types = next(
+            types: list[str] = next(
                 (f.get("values") for f in args.args.get("filters") or [] if f.get("name") == "instance-type"),
                 [],
             )
