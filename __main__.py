@@ -79,6 +79,7 @@ def create_aws_platform(settings: StackSettings) -> tuple[KubernetesPlatform, di
             node_subnet_ids=network.private_subnet_ids,
             system_nodes=settings.system_nodes,
             admin_role_arns=settings.cluster.admin_role_arns,
+            support_type=settings.cluster.support_type,
             api_public_access_cidrs=settings.cluster.api_public_access_cidrs,
             tags=tags,
         ),
@@ -130,6 +131,8 @@ def create_aws_platform(settings: StackSettings) -> tuple[KubernetesPlatform, di
 
 def main() -> None:
     settings, secrets = read_stack()
+    for notice in settings.notices:  # nothing wrong yet, but the owner should act soon
+        pulumi.log.warn(notice)
 
     if settings.existing_cluster:
         assert secrets.kubeconfig is not None
@@ -161,6 +164,9 @@ def main() -> None:
         pulumi.export("gpuInstanceType", settings.gpu_nodes.instance.name)
         pulumi.export("gpuNodeCount", settings.gpu_nodes.node_count)
         pulumi.export("gpuCapacityType", settings.gpu_nodes.capacity_type)
+        pulumi.export("kubernetesVersion", settings.cluster.kubernetes_version)
+        pulumi.export("kubernetesSupportType", settings.cluster.support_type)
+        pulumi.export("kubernetesStandardSupportUntil", str(settings.cluster.standard_support_until))
         price = settings.gpu_nodes.instance.on_demand_usd_per_hour
         if price is not None:
             # On-demand list price of the GPU nodes alone (FACTS.md); Capacity Blocks and Spot

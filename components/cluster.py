@@ -47,6 +47,8 @@ class ClusterArgs:
     system_nodes: SystemNodeSettings
     admin_role_arns: tuple[str, ...] = ()
     api_public_access_cidrs: tuple[str, ...] = ()
+    # EKS upgrade policy: STANDARD or EXTENDED, always explicit (the API's default is EXTENDED).
+    support_type: str = "STANDARD"
     tags: dict[str, str] = field(default_factory=dict)
 
 
@@ -316,6 +318,9 @@ class EksCluster(pulumi.ComponentResource):
                 resources=["secrets"],
             ),
             enabled_cluster_log_types=list(CONTROL_PLANE_LOG_TYPES),
+            # Without it the API chooses EXTENDED: six times the control-plane price once the
+            # version leaves standard support, with no decision recorded anywhere.
+            upgrade_policy=aws.eks.ClusterUpgradePolicyArgs(support_type=args.support_type),
             # The add-ons are EKS managed add-ons below instead of unmanaged bootstrap copies.
             bootstrap_self_managed_addons=False,
             tags=args.tags,

@@ -207,6 +207,7 @@ SUMMARIES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
             "vpcConfig.endpointPrivateAccess",
             "vpcConfig.endpointPublicAccess",
             "vpcConfig.publicAccessCidrs",
+            "upgradePolicy.supportType",
         )
         + (["secrets encrypted with KMS"] if v.get("encryptionConfig") else [])
     ),

@@ -26,12 +26,21 @@ import json
 import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from datetime import date
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from serving.config.project import declared_config, project_name
-from serving.runtime.hardware import AL2023_NVME_MOUNT, GPT_OSS_120B, INSTANCE_TYPES, MODELS, InstanceType
+from serving.runtime.hardware import (
+    AL2023_NVME_MOUNT,
+    EKS_CONTROL_PLANE_USD_PER_HOUR,
+    EKS_STANDARD_SUPPORT_ENDS,
+    GPT_OSS_120B,
+    INSTANCE_TYPES,
+    MODELS,
+    InstanceType,
+)
 from serving.runtime.options import RuntimeConfigError, ServingRuntime, build_runtime
 from serving.workload.manifests import replica_resources
 
@@ -40,8 +49,11 @@ PROJECT = project_name()
 AMI_TYPES = ("AL2023_x86_64_NVIDIA", "BOTTLEROCKET_x86_64_NVIDIA")
 CAPACITY_TYPES = ("ON_DEMAND", "SPOT", "CAPACITY_BLOCK")
 ENDPOINT_SCHEMES = ("internal", "internet-facing")
-# EKS standard-support versions when this was written; extend as AWS releases more.
-KUBERNETES_VERSIONS = ("1.32", "1.33", "1.34", "1.35")
+# The versions whose support dates the project knows (serving/runtime/hardware.py).
+KUBERNETES_VERSIONS = tuple(EKS_STANDARD_SUPPORT_ENDS)
+SUPPORT_TYPES = ("STANDARD", "EXTENDED")
+# How long before the end of standard support `make plan` and `pulumi preview` warn.
+SUPPORT_WARNING_DAYS = 60
 # Below these a replica of gpt-oss-120b cannot load (tokenizer workers, the checkpoint in RAM).
 MIN_SERVER_CPU = 4
 MIN_SERVER_MEMORY_GIB = 96
@@ -293,6 +305,7 @@ class StackConfig(BaseModel):
 
     cluster_name: Annotated[Text, AfterValidator(_cluster_name)] = Field(alias="clusterName")
     kubernetes_version: Annotated[Text, _one_of(*KUBERNETES_VERSIONS)] = Field(alias="kubernetesVersion")
+    kubernetes_support_type: Annotated[Text, _one_of(*SUPPORT_TYPES)] = Field(alias="kubernetesSupportType")
     vpc_cidr: Annotated[Text, AfterValidator(_vpc_block)] = Field(alias="vpcCidr")
     availability_zone_count: Annotated[int, _whole_number(2, 6)] = Field(alias="availabilityZoneCount")
     cluster_admin_role_arns: RoleArns = Field(alias="clusterAdminRoleArns")
@@ -351,6 +364,8 @@ class ClusterSettings:
     kubernetes_version: str
     admin_role_arns: tuple[str, ...]
     api_public_access_cidrs: tuple[str, ...]
+    support_type: str = "STANDARD"  # EKS upgrade policy, always sent explicitly
+    standard_support_until: date | None = None
 
 
 @dataclass(frozen=True)
@@ -415,6 +430,9 @@ class StackSettings:
     serving: ServingSettings
     endpoint: EndpointSettings
     cost_budget_usd_per_hour: int
+    # What the stack's owner should act on soon, though nothing is wrong yet (a version close to
+    # the end of its standard support): the program prints them as warnings.
+    notices: tuple[str, ...] = ()
 
 
 # --- The loader ------------------------------------------------------------------------------
@@ -460,7 +478,9 @@ def _describe(error: Mapping[str, Any]) -> str:
     return f"{_key(key)} = {_shown(error['input'])}: {message}"
 
 
-def load_settings(config: Mapping[str, Any], secret_keys: Collection[str] = ()) -> StackSettings:
+def load_settings(
+    config: Mapping[str, Any], secret_keys: Collection[str] = (), *, today: date | None = None
+) -> StackSettings:
     """Validate a stack's configuration before anything is registered.
 
     `config`: full keys (`<project>:<key>`, `aws:region`) to values, as strings the way the
@@ -468,6 +488,7 @@ def load_settings(config: Mapping[str, Any], secret_keys: Collection[str] = ()) 
     values are never read here (only whether they are set, and set as secrets).
     """
     present = {key.removeprefix(f"{PROJECT}:") for key in secret_keys if config.get(key) not in (None, "")}
+    today = today or date.today()  # the support calendar is read against it
     values = _project_values(config)
     region = config.get("aws:region") or None
     problems = _namespace_problems(config) + _plain_text_secrets(config, secret_keys)
@@ -488,11 +509,11 @@ def load_settings(config: Mapping[str, Any], secret_keys: Collection[str] = ()) 
         )
         problems += [
             p
-            for p in _derive(stack, region, present)[1]
+            for p in _derive(stack, region, present, today)[1]
             if not any(p.startswith(f"{_key(k)} ") for k in failed)
         ]
         raise SettingsError(problems) from None
-    settings, derived = _derive(stack, region, present)
+    settings, derived = _derive(stack, region, present, today)
     problems += derived
     if problems or settings is None:
         raise SettingsError(problems)
@@ -533,7 +554,7 @@ def _plain_text_secrets(config: Mapping[str, Any], secret_keys: Collection[str])
 
 
 def _derive(
-    stack: StackConfig, region: str | None, secrets_present: Collection[str]
+    stack: StackConfig, region: str | None, secrets_present: Collection[str], today: date
 ) -> tuple[StackSettings | None, list[str]]:
     """The checks that span several keys, and the grouped settings; (settings, problems)."""
     problems: list[str] = []
@@ -578,6 +599,27 @@ def _derive(
             _region(region)
         except ValueError as error:
             problems.append(f"aws:region = {region!r}: {error}")
+    notices: list[str] = []
+    support_ends = EKS_STANDARD_SUPPORT_ENDS[stack.kubernetes_version]
+    if not existing_cluster:
+        days_left = (support_ends - today).days
+        extended = EKS_CONTROL_PLANE_USD_PER_HOUR["EXTENDED"]
+        if days_left < 0 and stack.kubernetes_support_type == "STANDARD":
+            newer = [v for v, end in EKS_STANDARD_SUPPORT_ENDS.items() if end > today]
+            fail(
+                "kubernetesVersion",
+                stack.kubernetes_version,
+                f"left EKS standard support on {support_ends}; upgrade to {newer[0] if newer else 'a newer version'}"
+                f" (one minor version per update), or set kubernetesSupportType EXTENDED to keep it "
+                f"(control plane {extended:.2f} USD an hour instead of "
+                f"{EKS_CONTROL_PLANE_USD_PER_HOUR['STANDARD']:.2f})",
+            )
+        elif 0 <= days_left <= SUPPORT_WARNING_DAYS:
+            notices.append(
+                f"Kubernetes {stack.kubernetes_version} leaves EKS standard support on {support_ends}, in "
+                f"{days_left} days: plan the upgrade (kubernetesVersion), or set kubernetesSupportType "
+                f"EXTENDED ({extended:.2f} USD an hour for the control plane)"
+            )
     if existing_cluster and not stack.gpu_node_selector:
         fail(
             "gpuNodeSelector",
@@ -744,6 +786,8 @@ def _derive(
             kubernetes_version=stack.kubernetes_version,
             admin_role_arns=tuple(stack.cluster_admin_role_arns),
             api_public_access_cidrs=public_cidrs,
+            support_type=stack.kubernetes_support_type,
+            standard_support_until=support_ends,
         ),
         gpu_nodes=gpu_nodes,
         system_nodes=SystemNodeSettings(
@@ -766,4 +810,5 @@ def _derive(
             node_ranges=() if existing_cluster else (stack.vpc_cidr,),
         ),
         cost_budget_usd_per_hour=stack.cost_budget_usd_per_hour,
+        notices=tuple(notices),
     ), problems

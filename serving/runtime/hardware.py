@@ -6,6 +6,7 @@ Plain data: the capacity arithmetic, the stack's settings validation and the pol
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 
 GIB = 1024**3
 KIB = 1024
@@ -22,6 +23,17 @@ class GpuKind:
 H100_SXM = GpuKind("H100 80GB", 80 * 10**9, 3.35e12, "hopper")
 H200_SXM = GpuKind("H200 141GB", 141 * 10**9, 4.8e12, "hopper")
 
+
+# EKS standard support per Kubernetes version: 14 months, then 12 months of extended support at
+# 0.60 USD an hour for the control plane instead of 0.10 (AWS's EKS version calendar, as quoted
+# in FACTS.md on 2026-12-01). Add a version when AWS publishes it: once the newest one here
+# leaves standard support (2027-03-27), the prod stack is refused and the suite fails until then.
+EKS_STANDARD_SUPPORT_ENDS: dict[str, date] = {
+    "1.33": date(2026, 7, 29),
+    "1.34": date(2026, 12, 2),
+    "1.35": date(2027, 3, 27),
+}
+EKS_CONTROL_PLANE_USD_PER_HOUR = {"STANDARD": 0.10, "EXTENDED": 0.60}
 
 # EKS AL2023 nodes: nodeadm's RAID0 strategy assembles every instance-store NVMe drive into one
 # array mounted here (FACTS.md); the weights cache (`weightsHostPath`) belongs below it.

@@ -90,7 +90,8 @@ def test_cluster_uses_access_entries_kms_encrypted_secrets_and_audit_logs():
     result = plan()
     cluster = result.one("aws:eks/cluster:Cluster").inputs
     key = result.one("aws:kms/key:Key")
-    assert cluster["name"] == "gpt-oss-prod" and cluster["version"] == "1.34"
+    assert cluster["name"] == "gpt-oss-prod" and cluster["version"] == "1.35"
+    assert cluster["upgradePolicy"] == {"supportType": "STANDARD"}  # never the API's EXTENDED default
     assert cluster["accessConfig"] == {
         "authenticationMode": "API",
         "bootstrapClusterCreatorAdminPermissions": True,

@@ -23,7 +23,7 @@ from serving.workload.manifests import (
     service,
 )
 
-KUBERNETES_VERSION = "1.34"
+KUBERNETES_VERSION = "1.35"  # Pulumi.prod.yaml's
 
 
 def make_spec(**changes: Any) -> WorkloadSpec:
