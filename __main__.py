@@ -75,7 +75,7 @@ def create_aws_platform(settings: StackSettings) -> tuple[KubernetesPlatform, di
             name=name,
             kubernetes_version=settings.cluster.kubernetes_version,
             region=settings.region or "",
-            subnet_ids=[*network.private_subnet_ids, *network.public_subnet_ids],
+            subnet_ids=network.private_subnet_ids,
             node_subnet_ids=network.private_subnet_ids,
             system_nodes=settings.system_nodes,
             admin_role_arns=settings.cluster.admin_role_arns,

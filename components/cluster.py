@@ -40,7 +40,9 @@ class ClusterArgs:
     name: str
     kubernetes_version: str
     region: str
-    # Where the control plane's network interfaces and load balancers may go (every subnet).
+    # Where the control plane's network interfaces go: the private subnets only (an interface
+    # in a public subnet is one step from the internet). Load balancers find their subnets by
+    # tag, not from this list. EKS updates the list in place since October 2023.
     subnet_ids: Sequence[pulumi.Input[str]]
     # Where the system nodes run (the private subnets).
     node_subnet_ids: Sequence[pulumi.Input[str]]

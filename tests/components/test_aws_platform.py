@@ -486,3 +486,16 @@ def test_a_capacity_block_zone_must_offer_the_type():
     assert problem.startswith(
         "gpt-oss-trtllm:capacityReservationZone: the reservation's zone us-east-1d does not offer p5.48xlarge"
     )
+
+
+def test_the_control_planes_network_interfaces_go_to_private_subnets_only():
+    result = plan()
+    cluster = result.one("aws:eks/cluster:Cluster").inputs["vpcConfig"]
+    subnets = {r.id: r for r in result.of_type("aws:ec2/subnet:Subnet")}
+    roles = {
+        next(k.split("/")[-1] for k in subnets[s].inputs["tags"] if k.startswith("kubernetes.io/role/"))
+        for s in cluster["subnetIds"]
+    }
+    assert roles == {"internal-elb"}  # the private subnets (public ones carry role/elb)
+    zones = {subnets[s].inputs["availabilityZone"] for s in cluster["subnetIds"]}
+    assert len(zones) >= 2  # EKS requires two zones
