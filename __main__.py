@@ -164,6 +164,10 @@ def main() -> None:
         pulumi.export("gpuInstanceType", settings.gpu_nodes.instance.name)
         pulumi.export("gpuNodeCount", settings.gpu_nodes.node_count)
         pulumi.export("gpuCapacityType", settings.gpu_nodes.capacity_type)
+        # What the "Running On-Demand P instances" quota (vCPUs) must allow: the nodes
+        # themselves; updates replace them in place (MINIMAL) and need no more.
+        pulumi.export("gpuVcpuQuotaNeeded", settings.gpu_nodes.instance.vcpus * settings.gpu_nodes.node_count)
+        pulumi.export("gpuUpdateStrategy", "MINIMAL")
         pulumi.export("kubernetesVersion", settings.cluster.kubernetes_version)
         pulumi.export("kubernetesSupportType", settings.cluster.support_type)
         pulumi.export("kubernetesStandardSupportUntil", str(settings.cluster.standard_support_until))

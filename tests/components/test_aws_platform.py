@@ -499,3 +499,10 @@ def test_the_control_planes_network_interfaces_go_to_private_subnets_only():
     assert roles == {"internal-elb"}  # the private subnets (public ones carry role/elb)
     zones = {subnets[s].inputs["availabilityZone"] for s in cluster["subnetIds"]}
     assert len(zones) >= 2  # EKS requires two zones
+
+
+def test_make_plan_states_the_quota_that_create_and_update_need():
+    # FACTS.md: one p5.48xlarge counts 192 vCPUs against the quota; MINIMAL updates surge none.
+    assert plan().outputs["gpuVcpuQuotaNeeded"] == 192
+    assert run(config={"gpuNodeCount": 2, "replicas": 8}).outputs["gpuVcpuQuotaNeeded"] == 384
+    assert plan().outputs["gpuUpdateStrategy"] == gpu_node_group().inputs["updateConfig"]["updateStrategy"]
