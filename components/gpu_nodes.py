@@ -184,7 +184,8 @@ class GpuNodeGroup(pulumi.ComponentResource):
             scaling_config=aws.eks.NodeGroupScalingConfigArgs(
                 desired_size=nodes.node_count,
                 min_size=nodes.node_count,
-                max_size=nodes.node_count,
+                # EKS needs a maximum of at least 1, also for a group waiting at 0 nodes.
+                max_size=max(nodes.node_count, 1),
             ),
             # MINIMAL: an AMI, launch-template or version update replaces nodes one at a time
             # instead of first launching extra ones (DEFAULT surges by up to twice the zones):

@@ -141,6 +141,12 @@ class InferenceServer(pulumi.ComponentResource):
             # so rotating a key never costs a model reload.
         }
         manifest = workload.deployment(spec, pod_annotations=pod_annotations)
+        if not serving.await_rollout:
+            # The pods can only schedule once GPU nodes exist: create the Deployment, do not wait.
+            manifest["metadata"]["annotations"] = {
+                **manifest["metadata"].get("annotations", {}),
+                "pulumi.com/skipAwait": "true",
+            }
         deployment = k8s.apps.v1.Deployment(
             f"{name}-server",
             metadata=manifest["metadata"],

@@ -312,7 +312,8 @@ class StackConfig(BaseModel):
     cluster_api_public_cidrs: PublicCidrs = Field(alias="clusterApiPublicCidrs")
     cluster_api_private_only: Flag = Field(alias="clusterApiPrivateOnly")
     gpu_instance_type: Annotated[Text, AfterValidator(_gpu_instance_type)] = Field(alias="gpuInstanceType")
-    gpu_node_count: Annotated[int, _whole_number(1, MAX_GPU_NODES)] = Field(alias="gpuNodeCount")
+    # 0 only for a Capacity Block stack waiting for its block to start (checked in step 2).
+    gpu_node_count: Annotated[int, _whole_number(0, MAX_GPU_NODES)] = Field(alias="gpuNodeCount")
     gpu_ami_type: Annotated[Text, _one_of(*AMI_TYPES)] = Field(alias="gpuAmiType")
     gpu_capacity_type: Annotated[Text, _one_of(*CAPACITY_TYPES)] = Field(alias="gpuCapacityType")
     capacity_reservation_id: Text = Field(alias="capacityReservationId")
@@ -402,6 +403,9 @@ class ServingSettings:
     weights_host_path: str
     gpu_node_selector: dict[str, str]
     hf_token_in_secrets_manager: bool
+    # False while a Capacity Block stack runs no GPU node: `pulumi up` must not wait 90 minutes
+    # for server pods that can only start once the block does.
+    await_rollout: bool = True
 
 
 @dataclass(frozen=True)
@@ -715,6 +719,19 @@ def _derive(
             gpus_per_replica,
             f"a replica runs on one node, and {instance.name} has {instance.gpus} GPUs",
         )
+    elif not existing_cluster and gpu_nodes.node_count == 0:
+        if stack.gpu_capacity_type != "CAPACITY_BLOCK":
+            fail(
+                "gpuNodeCount",
+                0,
+                "0 GPU nodes only for a CAPACITY_BLOCK stack waiting for its block to start; "
+                "otherwise at least 1",
+            )
+        else:
+            notices.append(
+                "gpuNodeCount is 0: the server pods stay Pending until the Capacity Block starts and "
+                "gpuNodeCount is raised (pulumi config set gpuNodeCount N && pulumi up)"
+            )
     elif not existing_cluster and replicas * gpus_per_replica > gpu_nodes.total_gpus:
         needed = replicas * gpus_per_replica
         per_node = instance.gpus // gpus_per_replica
@@ -803,6 +820,7 @@ def _derive(
             weights_host_path=stack.weights_host_path,
             gpu_node_selector=dict(stack.gpu_node_selector),
             hf_token_in_secrets_manager=stack.hf_token_in_secrets_manager,
+            await_rollout=existing_cluster or gpu_nodes.node_count > 0,
         ),
         endpoint=EndpointSettings(
             scheme=stack.endpoint_scheme,

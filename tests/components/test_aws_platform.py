@@ -374,7 +374,7 @@ def test_outputs_app_teams_need_with_secrets_marked():
 @pytest.mark.parametrize(
     ("config", "key", "hint"),
     [
-        ({"gpuNodeCount": 0}, "gpuNodeCount", "from 1 to 64"),
+        ({"gpuNodeCount": 0}, "gpuNodeCount", "only for a CAPACITY_BLOCK stack"),
         ({"gpuCapacityType": "CAPACITY_BLOCK"}, "capacityReservationId", "cr-"),
         ({"gpuCapacityType": "RESERVED"}, "gpuCapacityType", "CAPACITY_BLOCK"),
         ({"replicas": 5}, "replicas", "at most 4 replicas"),
@@ -506,3 +506,22 @@ def test_make_plan_states_the_quota_that_create_and_update_need():
     assert plan().outputs["gpuVcpuQuotaNeeded"] == 192
     assert run(config={"gpuNodeCount": 2, "replicas": 8}).outputs["gpuVcpuQuotaNeeded"] == 384
     assert plan().outputs["gpuUpdateStrategy"] == gpu_node_group().inputs["updateConfig"]["updateStrategy"]
+
+
+def test_a_capacity_block_stack_may_wait_at_zero_nodes_without_waiting_for_the_pods():
+    block = {
+        "gpuCapacityType": "CAPACITY_BLOCK",
+        "capacityReservationId": "cr-0123456789abcdef0",
+        "capacityReservationZone": "us-east-1c",
+        "gpuNodeCount": 0,
+    }
+    result = run(config=block)
+    group = by_name_suffix(result, NODE_GROUP, "gpu-nodes-node-group").inputs
+    assert group["scalingConfig"] == {"desiredSize": 0, "minSize": 0, "maxSize": 1}  # EKS: max >= 1
+    # `pulumi up` creates the Deployment and returns: its pods start when the block does.
+    deployment = result.one("kubernetes:apps/v1:Deployment", "gpt-oss-server").inputs
+    assert deployment["metadata"]["annotations"]["pulumi.com/skipAwait"] == "true"
+    assert "pulumi.com/skipAwait" not in plan().one("kubernetes:apps/v1:Deployment").inputs["metadata"].get(
+        "annotations", {}
+    )
+    assert result.outputs["gpuVcpuQuotaNeeded"] == 0
