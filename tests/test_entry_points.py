@@ -70,7 +70,7 @@ REFUSED: dict[str, tuple[dict[str, Any], str]] = {
     "no-replicas": ({"replicas": 0}, "replicas = 0: expected a whole number from 1 to 64"),
     "negative-replicas": ({"replicas": -1}, "replicas = -1: expected a whole number from 1 to 64"),
     "no-gpu-nodes": ({"gpuNodeCount": 0}, "gpuNodeCount = 0: 0 GPU nodes only for a CAPACITY_BLOCK stack"),
-    "too-many-gpu-nodes": ({"gpuNodeCount": 65}, "gpuNodeCount = 65: expected a whole number from 1 to 64"),
+    "too-many-gpu-nodes": ({"gpuNodeCount": 65}, "gpuNodeCount = 65: expected a whole number from 0 to 64"),
     "one-zone": (
         {"availabilityZoneCount": 1},
         "availabilityZoneCount = 1: expected a whole number from 2 to 6",
