@@ -263,18 +263,13 @@ class EksCluster(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         self.partition = aws.get_partition().partition
 
-        role = aws.iam.Role(
+        role, role_policy = self._service_role(
             f"{name}-role",
-            assume_role_policy=_assume_role_policy("eks.amazonaws.com"),
-            description=f"EKS control plane of {args.name}",
-            tags=args.tags,
-            opts=child,
-        )
-        role_policy = aws.iam.RolePolicyAttachment(
             f"{name}-role-cluster-policy",
-            role=role.name,
-            policy_arn=f"arn:{self.partition}:iam::aws:policy/AmazonEKSClusterPolicy",
-            opts=child,
+            service="eks.amazonaws.com",
+            description=f"EKS control plane of {args.name}",
+            policy="AmazonEKSClusterPolicy",
+            tags=args.tags,
         )
 
         key = aws.kms.Key(
@@ -367,18 +362,13 @@ class EksCluster(pulumi.ComponentResource):
 
         # The VPC CNI's AWS permissions, for its service account only (EKS Pod Identity; the
         # eks-pod-identity-agent add-on, installed with it, hands them out on each node).
-        cni_role = aws.iam.Role(
+        cni_role, cni_policy = self._service_role(
             f"{name}-vpc-cni-role",
-            assume_role_policy=_assume_role_policy("pods.eks.amazonaws.com"),
-            description=f"VPC CNI (kube-system/{CNI_SERVICE_ACCOUNT}) of EKS cluster {args.name}",
-            tags=args.tags,
-            opts=child,
-        )
-        cni_policy = aws.iam.RolePolicyAttachment(
             f"{name}-vpc-cni-role-policy",
-            role=cni_role.name,
-            policy_arn=f"arn:{self.partition}:iam::aws:policy/{CNI_MANAGED_POLICY}",
-            opts=child,
+            service="pods.eks.amazonaws.com",
+            description=f"VPC CNI (kube-system/{CNI_SERVICE_ACCOUNT}) of EKS cluster {args.name}",
+            policy=CNI_MANAGED_POLICY,
+            tags=args.tags,
         )
         identities = {
             "vpc-cni": [
@@ -424,6 +414,33 @@ class EksCluster(pulumi.ComponentResource):
                 "nodeRoleArn": self.node_role.arn,
             }
         )
+
+    def _service_role(
+        self,
+        role_name: str,
+        attachment_name: str,
+        *,
+        service: str,
+        description: str,
+        policy: str,
+        tags: dict[str, str],
+    ) -> tuple[aws.iam.Role, aws.iam.RolePolicyAttachment]:
+        """An IAM role that `service` assumes, with one AWS managed policy attached."""
+        child = pulumi.ResourceOptions(parent=self)
+        role = aws.iam.Role(
+            role_name,
+            assume_role_policy=_assume_role_policy(service),
+            description=description,
+            tags=tags,
+            opts=child,
+        )
+        attachment = aws.iam.RolePolicyAttachment(
+            attachment_name,
+            role=role.name,
+            policy_arn=f"arn:{self.partition}:iam::aws:policy/{policy}",
+            opts=child,
+        )
+        return role, attachment
 
     def _addons(
         self,
