@@ -17,15 +17,16 @@ P5_VCPUS, P5_MEMORY_GIB = 192, 2048
 STACK_VALUES = {"clusterApiPublicCidrs": ["0.0.0.0/0"]}
 
 
-def parse(region: str | None = "us-east-1", secrets=TOKEN, **values):
-    """The loader over values as a stack file would set them (Pulumi.yaml defaults for the rest)."""
+def parse(region: str | None = "us-east-1", secrets=TOKEN, today: date | None = None, **values):
+    """The loader over values as a stack file would set them (Pulumi.yaml defaults for the rest),
+    on `today` (the support calendar is read against it)."""
     config: dict[str, object] = {
         f"{PROJECT}:{key}": value for key, value in {**STACK_VALUES, **values}.items()
     }
     config.update({f"{PROJECT}:{key}": "<a secret>" for key in secrets})
     if region is not None:
         config["aws:region"] = region
-    return load_settings(config, {f"{PROJECT}:{key}" for key in secrets})
+    return load_settings(config, {f"{PROJECT}:{key}" for key in secrets}, today=today)
 
 
 def problems(**kwargs) -> list[str]:
@@ -205,34 +206,19 @@ def test_gpus_per_replica_reaches_the_runtime():
 def test_a_version_past_standard_support_is_refused_unless_extended_support_is_chosen():
     # FACTS.md: 1.34 left standard support on 2026-12-02.
     after = date(2026, 12, 3)
-    [problem] = problems_on(after, kubernetesVersion="1.34")
+    [problem] = problems(today=after, kubernetesVersion="1.34")
     assert problem.startswith(
         "gpt-oss-trtllm:kubernetesVersion = '1.34': left EKS standard support on 2026-12-02"
     )
     assert "upgrade to 1.35" in problem and "0.60 USD an hour" in problem
-    extended = parse_on(after, kubernetesVersion="1.34", kubernetesSupportType="EXTENDED")
+    extended = parse(today=after, kubernetesVersion="1.34", kubernetesSupportType="EXTENDED")
     assert extended.cluster.support_type == "EXTENDED" and extended.notices == ()
 
 
 def test_a_version_within_sixty_days_of_its_end_is_a_warning_not_a_refusal():
     # 1.35's standard support ends on 2027-03-27 (FACTS.md).
-    near = parse_on(date(2027, 2, 1), kubernetesVersion="1.35")
+    near = parse(today=date(2027, 2, 1), kubernetesVersion="1.35")
     [notice] = near.notices
     assert notice.startswith("Kubernetes 1.35 leaves EKS standard support on 2027-03-27, in 54 days")
-    assert parse_on(date(2026, 12, 1), kubernetesVersion="1.35").notices == ()
-    assert parse_on(date(2026, 12, 1)).cluster.standard_support_until == date(2027, 3, 27)
-
-
-def parse_on(today: date, **values):
-    config: dict[str, object] = {
-        f"{PROJECT}:{key}": value for key, value in {**STACK_VALUES, **values}.items()
-    }
-    config[f"{PROJECT}:hfAccessToken"] = "<a secret>"
-    config["aws:region"] = "us-east-1"
-    return load_settings(config, {f"{PROJECT}:hfAccessToken"}, today=today)
-
-
-def problems_on(today: date, **values) -> list[str]:
-    with pytest.raises(SettingsError) as caught:
-        parse_on(today, **values)
-    return caught.value.problems
+    assert parse(today=date(2026, 12, 1), kubernetesVersion="1.35").notices == ()
+    assert parse(today=date(2026, 12, 1)).cluster.standard_support_until == date(2027, 3, 27)
