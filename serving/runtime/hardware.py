@@ -18,10 +18,41 @@ class GpuKind:
     memory_bytes: int  # HBM as sold: 80 GB is 80e9 bytes, not GiB
     hbm_bandwidth_bytes_per_s: float
     architecture: str  # "hopper" decides the MoE backend and KV dtype gpt-oss needs
+    # Datasheet peaks, dense (without 2:4 sparsity), and NVLink as NVIDIA counts it: both
+    # directions together. None where the GPU has no such tensor-core format.
+    bf16_dense_flops: float | None = None
+    fp8_dense_flops: float | None = None
+    fp4_dense_flops: float | None = None
+    nvlink_bytes_per_s: float | None = None
+    # Where these figures come from, printed beside them by the performance model.
+    source: str = ""
 
 
-H100_SXM = GpuKind("H100 80GB", 80 * 10**9, 3.35e12, "hopper")
-H200_SXM = GpuKind("H200 141GB", 141 * 10**9, 4.8e12, "hopper")
+# NVIDIA's H100 and H200 SXM datasheets (FACTS.md for memory, bandwidth and NVLink): dense
+# BF16 989 TFLOPS and FP8 1,979 TFLOPS (the datasheets print twice these, "with sparsity");
+# Hopper has no FP4 tensor cores. The H200 is the same GH100 with more, faster HBM3e.
+_HOPPER_DATASHEET = "NVIDIA H100/H200 SXM datasheets (dense peaks; NVLink 900 GB/s both directions)"
+H100_SXM = GpuKind(
+    "H100 80GB",
+    80 * 10**9,
+    3.35e12,
+    "hopper",
+    bf16_dense_flops=989e12,
+    fp8_dense_flops=1979e12,
+    nvlink_bytes_per_s=900e9,
+    source=_HOPPER_DATASHEET,
+)
+H200_SXM = GpuKind(
+    "H200 141GB",
+    141 * 10**9,
+    4.8e12,
+    "hopper",
+    bf16_dense_flops=989e12,
+    fp8_dense_flops=1979e12,
+    nvlink_bytes_per_s=900e9,
+    source=_HOPPER_DATASHEET,
+)
+GPUS: dict[str, GpuKind] = {"h100": H100_SXM, "h200": H200_SXM}
 
 
 # EKS standard support per Kubernetes version: 14 months, then 12 months of extended support at
@@ -99,6 +130,17 @@ class ModelFacts:
     checkpoint_bytes: int
     max_context: int
     hopper_moe_backend: str  # the MoE backend this model needs on Hopper GPUs
+    # Shapes the performance model needs (the model's config.json; defaults of transformers'
+    # GptOssConfig, which describes the 120B model): residual width, query heads, one expert's
+    # SwiGLU width, vocabulary.
+    hidden_size: int = 0
+    query_heads: int = 0
+    expert_intermediate_size: int = 0
+    vocab_size: int = 0
+    # MXFP4 (OCP microscaling): 4-bit elements with one 8-bit scale per 32, so 4.25 bits a
+    # weight (the model card's figure); everything outside the experts is bf16.
+    expert_weight_bits: float = 0.0
+    dense_weight_bytes: int = 2
 
 
 GPT_OSS_120B = ModelFacts(
@@ -116,6 +158,11 @@ GPT_OSS_120B = ModelFacts(
     checkpoint_bytes=int(60.8 * GIB),
     max_context=131072,
     hopper_moe_backend="TRITON",
+    hidden_size=2880,
+    query_heads=64,
+    expert_intermediate_size=2880,
+    vocab_size=201088,
+    expert_weight_bits=4.25,
 )
 
 MODELS: dict[str, ModelFacts] = {GPT_OSS_120B.hf_id: GPT_OSS_120B}
