@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from serving import render
+from serving import capacity_command, render
 from serving.client import bench, smoke
 from serving.config import reference
 
@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     smoke,
     bench,
     reference,
+    capacity_command,
 )
 
 
