@@ -321,7 +321,7 @@ def _run(args: argparse.Namespace) -> int:
     print(render_cold_start(), end="")
     if args.json:
         report: dict[str, Any] = bounds_json(bounds)
-        report["template_table"] = template_json(table)
+        report["template_table"] = template_json(table, shape)
         report["cold_start_s"] = {"hugging_face": COLD_START_S, "in_region_mirror": COLD_START_FROM_MIRROR_S}
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return EXIT_OK

@@ -396,6 +396,9 @@ class TemplateTableBounds:
     average_ttft_s_lower_bound: float
     average_perceived_tokens_per_second_upper_bound: float
     average_overall_throughput_upper_bound: float
+    # Beside the template's four, vLLM's two the bench also reports.
+    tpot_s_lower_bound: float
+    output_tokens_per_s_upper_bound: float
 
 
 def template_table_bounds(
@@ -420,6 +423,10 @@ def template_table_bounds(
         average_perceived_tokens_per_second_upper_bound=perceived,
         # Baseten's "overall throughput" is the average perceived rate times the concurrency.
         average_overall_throughput_upper_bound=perceived * concurrency,
+        tpot_s_lower_bound=min(b.tpot_s_lower_bound for b in per_replica),
+        output_tokens_per_s_upper_bound=sum(
+            b.output_tokens_per_s_per_replica_upper_bound for b in per_replica
+        ),
     )
 
 
@@ -454,12 +461,15 @@ def bounds_json(bounds: Bounds) -> dict[str, object]:
     }
 
 
-def template_json(table: TemplateTableBounds) -> dict[str, object]:
-    """The bench's `--bounds` file: the template table's metrics under the summary's own keys."""
+def template_json(table: TemplateTableBounds, shape: RequestShape) -> dict[str, object]:
+    """What the bench's `--bounds` option reads: the scenario, then each metric under the key the
+    bench's JSON summary gives it, with the bound's direction."""
     return {
         "kind": "modelled bounds, not measurements",
         "concurrency": table.concurrency,
         "replicas": table.replicas,
+        "input_tokens": shape.input_tokens,
+        "output_tokens": shape.output_tokens,
         "average_latency_s": {"bound": "lower", "value": table.average_latency_s_lower_bound},
         "average_ttft_s": {"bound": "lower", "value": table.average_ttft_s_lower_bound},
         "average_perceived_tokens_per_second": {
@@ -470,6 +480,8 @@ def template_json(table: TemplateTableBounds) -> dict[str, object]:
             "bound": "upper",
             "value": table.average_overall_throughput_upper_bound,
         },
+        "tpot_s": {"bound": "lower", "value": table.tpot_s_lower_bound},
+        "output_throughput_tokens_per_s": {"bound": "upper", "value": table.output_tokens_per_s_upper_bound},
     }
 
 
