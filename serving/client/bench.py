@@ -24,6 +24,10 @@ Concurrency: a pool of `--concurrency` threads, each with its own `requests.Sess
 request starts as soon as one finishes. The progress bar is tqdm (pinned): it keeps ETA and rate
 right on a terminal and degrades to plain lines in CI logs, at no cost in the timing path.
 
+`--bounds FILE` reads the modelled bounds that `python -m serving capacity --json FILE` wrote
+(the client imports nothing of the model: it only reads that file) and prints each measured
+figure of the template's table beside its bound and their ratio.
+
 Exit codes: 0 every request succeeded; 1 some requests failed or the endpoint failed before the
 run (one line `bench FAILED: ...` or `bench: N of M requests failed; first error: ...`);
 2 bad arguments or settings.
@@ -392,6 +396,10 @@ def run_benchmark(args: argparse.Namespace, config: RunConfig) -> tuple[dict[str
         f"model {config.model}"
     )
     markdown = template_table(summary, scenario_line) + "\n\n" + distribution_table(summary)
+    if args.bounds:
+        comparison = compare_with_bounds(summary, read_bounds(args.bounds), scenario)
+        report["bounds"] = comparison
+        markdown += "\n\n" + bounds_table(comparison)
     return report, markdown
 
 
@@ -430,6 +438,101 @@ def write_latency_plot(records: Sequence[dict[str, Any]], path: Path) -> None:
     plt.close(figure)
 
 
+# The summary's metrics a bounds file may bound, in the order printed, with their labels.
+BOUNDED_METRICS = (
+    ("average_latency_s", "Average latency (s)"),
+    ("average_ttft_s", "Average TTFT (s)"),
+    ("average_perceived_tokens_per_second", "Average perceived tokens per second"),
+    ("average_overall_throughput", "Average overall throughput (tokens/s)"),
+    ("tpot_s", "TPOT, mean (s)"),
+    ("output_throughput_tokens_per_s", "Output throughput (tokens/s)"),
+)
+
+
+def read_bounds(path: str) -> dict[str, Any]:
+    """The `template_table` object of a `serving capacity --json` file (or such an object alone)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise SettingsError(f"--bounds {path}: cannot read it ({exc.strerror})") from None
+    except json.JSONDecodeError as exc:
+        raise SettingsError(f"--bounds {path}: not JSON ({exc.msg})") from None
+    table = data.get("template_table", data) if isinstance(data, dict) else None
+    known = [key for key, _ in BOUNDED_METRICS if isinstance(table, dict) and key in table]
+    if not isinstance(table, dict) or not known:
+        raise SettingsError(
+            f"--bounds {path}: no modelled bounds in it; write one with "
+            "python -m serving capacity --stack <stack> --json FILE"
+        )
+    for key in known:
+        entry = table[key]
+        if not (
+            isinstance(entry, dict)
+            and entry.get("bound") in ("lower", "upper")
+            and isinstance(entry.get("value"), (int, float))
+            and entry["value"] > 0
+        ):
+            raise SettingsError(
+                f'--bounds {path}: {key} should be {{"bound": "lower" or "upper", "value": > 0}}'
+            )
+    return table
+
+
+def compare_with_bounds(
+    summary: dict[str, Any], bounds: dict[str, Any], scenario: dict[str, Any]
+) -> dict[str, Any]:
+    """Each bounded metric: measured, bound, measured / bound, and whether the bound held. A
+    lower bound holds when the measurement is at or above it, an upper bound at or below."""
+    rows = []
+    for key, label in BOUNDED_METRICS:
+        if key not in bounds:
+            continue
+        measured = summary.get(key)
+        if isinstance(measured, dict):
+            measured = measured.get("mean")
+        bound, direction = float(bounds[key]["value"]), bounds[key]["bound"]
+        ratio = None if measured is None else measured / bound
+        held = None if ratio is None else (ratio >= 1 if direction == "lower" else ratio <= 1)
+        rows.append(
+            {
+                "metric": key,
+                "label": label,
+                "measured": measured,
+                "bound": direction,
+                "modelled": bound,
+                "ratio": ratio,
+                "held": held,
+            }
+        )
+    mismatches = [
+        f"{name} {scenario[name]} here, {bounds[name]} in the bounds"
+        for name in ("concurrency", "input_tokens", "output_tokens")
+        if name in bounds and bounds[name] != scenario.get(name)
+    ]
+    return {"rows": rows, "scenario_mismatches": mismatches}
+
+
+def bounds_table(comparison: dict[str, Any]) -> str:
+    """Markdown: measured beside modelled, and the ratio."""
+    lines = [
+        "Measured against the modelled bounds (python -m serving capacity; bounds, not predictions):",
+        "",
+        "| metric | measured | modelled bound | measured / bound |",
+        "| --- | --- | --- | --- |",
+    ]
+    for row in comparison["rows"]:
+        sign = ">=" if row["bound"] == "lower" else "<="
+        measured = "n/a" if row["measured"] is None else f"{row['measured']:,.4g}"
+        ratio = "n/a" if row["ratio"] is None else f"{row['ratio']:.2f}"
+        if row["held"] is False:
+            ratio += " (outside the bound: the model or the run is wrong)"
+        lines.append(f"| {row['label']} | {measured} | {sign} {row['modelled']:,.4g} | {ratio} |")
+    lines += [
+        f"\nWARNING: the bounds are for another scenario: {m}" for m in comparison["scenario_mismatches"]
+    ]
+    return "\n".join(lines)
+
+
 def validate(args: argparse.Namespace) -> None:
     for name in ("requests", "concurrency", "input_tokens", "output_tokens"):
         if getattr(args, name) < 1:
@@ -440,6 +543,8 @@ def validate(args: argparse.Namespace) -> None:
         raise SettingsError(f"--warmup-requests {args.warmup_requests} must lie in [0, {MAX_WARMUP}]")
     if not 0.0 <= args.shared_prefix_fraction < 1.0:
         raise SettingsError(f"--shared-prefix-fraction {args.shared_prefix_fraction} must lie in [0, 1)")
+    if args.bounds:
+        read_bounds(args.bounds)
     if args.plot:
         try:
             import matplotlib  # noqa: F401
@@ -546,6 +651,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     output = parser.add_argument_group("output")
     output.add_argument("--json", metavar="FILE", help="write summary and per-request results as JSON")
     output.add_argument("--plot", metavar="PNG", help="write a latency/TTFT histogram (needs matplotlib)")
+    output.add_argument(
+        "--bounds",
+        metavar="FILE",
+        help="modelled bounds from `python -m serving capacity --json FILE`: print measured / bound",
+    )
     output.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_timeout_arguments(parser, read=120.0, total=900.0)
     parser.set_defaults(func=main)
