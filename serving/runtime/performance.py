@@ -39,6 +39,7 @@ from serving.runtime.capacity import (
     kv_pool_bytes_per_replica,
     parameter_counts,
     sequences_that_fit,
+    tokens_per_block,
     weight_bytes,
     weights_bytes_per_gpu,
 )
@@ -250,6 +251,7 @@ class Bounds:
     concurrency: int  # requests in flight on this replica
     batch: int  # of those, running at once (the rest queue)
     max_concurrency: int
+    kv_sequences: int  # requests of this shape the KV cache holds, whatever max_batch_size says
     kv_tokens_per_replica: int
     weights_bytes_per_gpu: float
     free_bytes_per_gpu: float
@@ -315,6 +317,12 @@ def bound(runtime: ServingRuntime, shape: RequestShape, concurrency: int | None 
     in_flight = fits if concurrency is None else concurrency
     batch = min(in_flight, fits)
     notes: list[str] = []
+    kv_sequences = sequences_that_fit(runtime, shape.total_tokens)
+    if kv_sequences < batch_slots(runtime):
+        notes.append(
+            f"max_batch_size allows {batch_slots(runtime)} sequences at once, but the KV cache holds only "
+            f"{kv_sequences} of {shape.total_tokens} tokens: lower max_batch_size or give the cache more memory"
+        )
     if in_flight > fits:
         notes.append(
             f"{in_flight} requests in flight, but only {fits} run at once (KV cache and max_batch_size): "
@@ -353,6 +361,7 @@ def bound(runtime: ServingRuntime, shape: RequestShape, concurrency: int | None 
         concurrency=in_flight,
         batch=batch,
         max_concurrency=fits,
+        kv_sequences=kv_sequences,
         kv_tokens_per_replica=_kv_tokens(runtime),
         weights_bytes_per_gpu=weights_bytes_per_gpu(runtime),
         free_bytes_per_gpu=free_bytes_per_gpu(runtime),
@@ -444,6 +453,7 @@ def bounds_json(bounds: Bounds) -> dict[str, object]:
         "concurrency": bounds.concurrency,
         "kv_tokens_per_replica": bounds.kv_tokens_per_replica,
         "max_concurrency": bounds.max_concurrency,
+        "kv_sequences_that_fit": bounds.kv_sequences,
         "ttft_s_lower_bound": bounds.ttft_s_lower_bound,
         "tpot_s_lower_bound": bounds.tpot_s_lower_bound,
         "latency_s_lower_bound": bounds.latency_s_lower_bound,
@@ -585,6 +595,11 @@ def render_performance(bounds: Bounds) -> str:
             "HBM - weights - runtime reserve (capacity.py)",
         ),
         ("KV tokens per replica", f"{bounds.kv_tokens_per_replica:,}", "KV pool / KV per token"),
+        (
+            "KV headroom",
+            f"{bounds.kv_sequences:,} requests",
+            f"of {shape.total_tokens} tokens, in {tokens_per_block(runtime)}-token blocks, that the KV cache holds",
+        ),
         (
             "max concurrency",
             str(bounds.max_concurrency),

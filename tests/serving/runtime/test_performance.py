@@ -306,3 +306,11 @@ def test_cold_start_budget_worked_by_hand():
     assert cold_start_seconds(faster_boot) == pytest.approx(2008.9167 - 180, rel=1e-6)
     text = render_cold_start()
     assert "modelled" in text and "33.5 min" in text and "28.8 min" in text
+
+
+def test_one_h100_holds_17_template_requests_and_says_max_batch_size_is_too_large():
+    b = bound(layout(1), TEMPLATE_SHAPE, 16)
+    # Free: 80e9 - (60.8 + 6) x 2^30 = 8,274,046,157 B; x 0.8 = 6,619,236,925 B of KV; a request
+    # of 5,024 tokens (in blocks) x 73,728 B = 370,409,472 B: 17.9, so 17 fit, not 64.
+    assert b.kv_sequences == b.max_concurrency == 17
+    assert "max_batch_size allows 64 sequences at once, but the KV cache holds only 17" in b.notes[0]
