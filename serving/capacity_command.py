@@ -147,9 +147,10 @@ def check_shape(runtime: ServingRuntime, shape: RequestShape) -> None:
         )
 
 
-def layout_name(runtime: ServingRuntime) -> str:
+def layout_name(runtime: ServingRuntime, replicas: int | None = None) -> str:
+    """TP2 for one replica; TP2x4 for four of them (the layouts of a node)."""
     tp = runtime.tensor_parallel_size
-    name = f"TP{tp}x{NODE_GPUS // tp}"
+    name = f"TP{tp}" if replicas is None else f"TP{tp}x{replicas}"
     return name + (" + attention DP" if runtime.options.get("enable_attention_dp") else "")
 
 
@@ -163,7 +164,7 @@ class LayoutRow:
 
     @property
     def name(self) -> str:
-        return layout_name(self.runtime)
+        return layout_name(self.runtime, self.replicas)
 
     @property
     def node_tokens_per_s_scenario(self) -> float:

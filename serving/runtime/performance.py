@@ -533,7 +533,7 @@ def render_performance(bounds: Bounds) -> str:
             f"sliding over {model.sliding_window_tokens}), hidden {model.hidden_size}, {model.query_heads} "
             f"query / {model.kv_heads} KV heads x {model.head_dim}, {model.experts} experts top-"
             f"{model.experts_per_token}, SwiGLU width {model.expert_intermediate_size}, vocab {model.vocab_size}",
-            "config.json (FACTS.md)",
+            "config.json: FACTS.md; SwiGLU width and vocab as in transformers' GptOssConfig",
         ),
         (
             "parameters",

@@ -44,7 +44,7 @@ def test_flags_give_the_layout_and_json_carries_the_issue_keys(tmp_path: Path, c
     )
     assert code == 0
     printed = capsys.readouterr().out
-    assert "TP4x2 + attention DP" in printed and "Modelled bounds" in printed
+    assert "TP4 + attention DP on H100" in printed and "Modelled bounds" in printed
     assert "Cold start, modelled" in printed and "The template's table, modelled" in printed
     report = json.loads(out.read_text())
     assert report.keys() >= ISSUE_KEYS
@@ -59,7 +59,7 @@ def test_flags_give_the_layout_and_json_carries_the_issue_keys(tmp_path: Path, c
 def test_the_stack_gives_the_layout_and_its_replicas_share_the_template_streams(capsys):
     assert main(["capacity", "--stack", "prod", "--concurrency", "4"]) == 0
     printed = capsys.readouterr().out
-    assert "TP2x4 on H100 80GB (stack prod)" in printed
+    assert "TP2 on H100 80GB (stack prod)" in printed
     assert "16 concurrent over 4 replica(s) (4/4/4/4 each)" in printed
     # The same eight GPUs as one TP8 replica:
     assert main(["capacity", "--stack", "prod", "--tensor-parallel", "8"]) == 0
