@@ -256,6 +256,9 @@ def _verdict(rows: list[LayoutRow], concurrency: int) -> list[str]:
     fastest = min(rows, key=lambda r: r.scenario_latency_s)
     cheapest = max(rows, key=lambda r: r.node_tokens_per_s_at_max)
     kv_best = max(rows, key=lambda r: r.node_tokens_per_s_kv_limited)
+    tied = [
+        r.name for r in rows if r.node_tokens_per_s_kv_limited >= 0.999 * kv_best.node_tokens_per_s_kv_limited
+    ]
     capped = [
         r.name
         for r in rows
@@ -276,10 +279,14 @@ def _verdict(rows: list[LayoutRow], concurrency: int) -> list[str]:
             if capped
             else "The KV cache, not max_batch_size, limits every layout."
         ),
-        f"- Cost if max_batch_size were raised to what the KV cache holds: {kv_best.name}, "
+        f"- Cost if max_batch_size were raised to what the KV cache holds: {' and '.join(tied)}, "
         f"{kv_best.node_tokens_per_s_kv_limited:,.0f} tokens/s per node, {_usd(kv_best.kv_limited)} USD per "
-        "million: the most GPUs per replica leave the most memory for KV cache, so the largest batch per "
-        "weight read.",
+        + (
+            "million: the most memory left for KV cache gives the largest batch, over which each step's "
+            f"weight reads are shared (limited by {kv_best.kv_limited.throughput_limit})."
+            if len(tied) == 1
+            else f"million, where they tie: limited by {kv_best.kv_limited.throughput_limit}."
+        ),
     ]
     adp_rows = [r for r in rows if r.runtime.options.get("enable_attention_dp")]
     if adp_rows:
