@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from serving import capacity_command, render
 from serving.client import bench, smoke
 from serving.config import reference
+from serving.observability import command as observability
+from serving.observability import top
 
 # Each module exposes `register(subparsers)`, which adds its sub-command and sets `func`,
 # a callable taking the parsed arguments and returning the exit code.
@@ -18,6 +20,8 @@ COMMAND_MODULES = (
     bench,
     reference,
     capacity_command,
+    observability,
+    top,
 )
 
 
