@@ -321,3 +321,17 @@ def render_rules_yaml(
     """The Prometheus rules file (also what Amazon Managed Prometheus's rule groups namespace takes)."""
     document = render_rules(scope, settings, group_name, extra_labels)
     return yaml.dump(document, Dumper=_LiteralDumper, sort_keys=False, allow_unicode=True, width=110)
+
+
+def render_runbooks_markdown(scope: Scope, settings: AlertSettings) -> str:
+    """Each alert's runbook as Markdown, for docs/observability.md (a test keeps the page current)."""
+    parts = []
+    for rule in stack_alerts(scope, settings):
+        lines = [f"#### {rule.name} ({rule.severity}, after {rule.for_})", "", f"{rule.summary}.", ""]
+        for line in rule.runbook.splitlines():
+            word, _, text = line.partition(": ")
+            # `<pod>` would be read as an HTML tag and vanish from the page.
+            lines.append(f"- **{word}:** {text.replace('<', '&lt;').replace('>', '&gt;')}")
+        lines += ["", f"Expression: `{rule.expr}`", ""]
+        parts.append("\n".join(lines))
+    return "\n".join(parts)
