@@ -28,7 +28,7 @@ from serving.config.project import add_stack_arguments, assemble_config, parse_a
 from serving.config.settings import SettingsError, load_settings
 from serving.runtime.capacity import sequences_that_fit
 from serving.runtime.coldstart import COLD_START_FROM_MIRROR_S, COLD_START_S, render_cold_start
-from serving.runtime.hardware import GIB, GPUS
+from serving.runtime.hardware import GIB, GPUS, GpuKind
 from serving.runtime.options import REVISION_OPTIONS, RuntimeConfigError, ServingRuntime, build_runtime
 from serving.runtime.performance import (
     Bounds,
@@ -90,17 +90,27 @@ def with_layout(
         raise ArgumentProblem(
             "--attention-dp needs --tensor-parallel 2 or more: one rank has nothing to share"
         )
-    options = {k: v for k, v in runtime.options.items() if k not in REVISION_OPTIONS}
-    options.update(
-        tensor_parallel_size=tensor, moe_expert_parallel_size=expert, enable_attention_dp=attention
+    return rebuilt(
+        runtime,
+        gpu=gpu,
+        tensor_parallel_size=tensor,
+        moe_expert_parallel_size=expert,
+        enable_attention_dp=attention,
     )
+
+
+def rebuilt(runtime: ServingRuntime, gpu: GpuKind | None = None, **changes: Any) -> ServingRuntime:
+    """The runtime again, with option `changes` and perhaps another GPU, through the same
+    validation as the stack's (a replica's GPUs follow the tensor-parallel size)."""
+    options = {k: v for k, v in runtime.options.items() if k not in REVISION_OPTIONS}
+    options.update(changes)
     return build_runtime(
         options,
         model=runtime.model.hf_id,
         image=runtime.image,
         port=runtime.port,
-        gpu=gpu,
-        gpus_per_replica=tensor,
+        gpu=gpu or runtime.gpu,
+        gpus_per_replica=int(options.get("tensor_parallel_size", 1)),
         revision=runtime.options.get("revision"),
     )
 
@@ -194,25 +204,11 @@ def compare_layouts(base: ServingRuntime, shape: RequestShape, concurrency: int)
             ranks = tp if adp else 1
             fits = sequences_that_fit(runtime, shape.total_tokens)
             per_rank = max(-(-fits // ranks), 1)
-            uncapped = _with_options(runtime, max_batch_size=per_rank)
+            uncapped = rebuilt(runtime, max_batch_size=per_rank)
             rows.append(
                 LayoutRow(runtime, replicas, table.per_replica, bound(runtime, shape), bound(uncapped, shape))
             )
     return rows
-
-
-def _with_options(runtime: ServingRuntime, **changes: Any) -> ServingRuntime:
-    options = {k: v for k, v in runtime.options.items() if k not in REVISION_OPTIONS}
-    options.update(changes)
-    return build_runtime(
-        options,
-        model=runtime.model.hf_id,
-        image=runtime.image,
-        port=runtime.port,
-        gpu=runtime.gpu,
-        gpus_per_replica=runtime.gpus_per_replica,
-        revision=runtime.options.get("revision"),
-    )
 
 
 def _usd(bounds: Bounds) -> str:
