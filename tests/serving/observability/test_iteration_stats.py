@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 import threading
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +18,9 @@ from serving.observability import iteration_stats as stats
 from serving.observability.exporter import Exporter, ExporterSettings, main, make_handler
 from tests.support import metrics_sources as sources
 from tests.support.nginx_runner import free_loopback_port
+
+# The exporter's modules besides the two package __init__ files: what its image must hold.
+EXPORTER_FILES = ("serving/observability/exporter.py", "serving/observability/iteration_stats.py")
 
 
 def _parse_exposition(text: str) -> dict[str, float]:
@@ -171,3 +179,32 @@ def test_the_stand_in_emits_valid_json_arrays() -> None:
     queue = sources.IterationQueue()
     queue.clock.started -= 1.0
     assert isinstance(json.loads(json.dumps(queue.drain())), list)
+
+
+def test_scrapes_never_read_the_servers_queue(server: sources.TrtllmServerStandIn) -> None:
+    """Only the poller drains /metrics: however often Prometheus scrapes, the server sees one reader."""
+    exporter = Exporter(ExporterSettings(source=server.base_url))
+    exporter.poll_once()
+    for _ in range(5):
+        exporter.exposition()
+    assert server.queue.reads == 1
+
+
+@pytest.mark.slow
+def test_the_exporter_runs_with_the_standard_library_and_its_four_files_only(tmp_path: Path) -> None:
+    """What the sidecar's slim image holds: no site-packages, no other module of the project."""
+    repo = Path(__file__).resolve().parents[3]
+    for name in ("serving/__init__.py", "serving/observability/__init__.py", *EXPORTER_FILES):
+        target = tmp_path / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(repo / name, target)
+    result = subprocess.run(
+        [sys.executable, "-S", "-E", "-m", "serving.observability.exporter", "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--source" in result.stdout
