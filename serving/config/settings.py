@@ -52,6 +52,13 @@ ENDPOINT_SCHEMES = ("internal", "internet-facing")
 # The versions whose support dates the project knows (serving/runtime/hardware.py).
 KUBERNETES_VERSIONS = tuple(EKS_STANDARD_SUPPORT_ENDS)
 SUPPORT_TYPES = ("STANDARD", "EXTENDED")
+# The retention periods CloudWatch Logs accepts (PutRetentionPolicy), in days.
+LOG_RETENTION_DAYS = (
+    1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653,
+)  # fmt: skip
+# How the endpoint's TLS is set up (EndpointSettings.tls): the pods present a certificate of the
+# stack's own CA, the load balancer presents an ACM certificate, or plain HTTP when asked for.
+TLS_MODES = ("stack-ca", "acm", "off")
 # How long before the end of standard support `make plan` and `pulumi preview` warn.
 SUPPORT_WARNING_DAYS = 60
 # Below these a replica of gpt-oss-120b cannot load (tokenizer workers, the checkpoint in RAM).
@@ -281,6 +288,31 @@ def _region(value: str) -> str:
     return value
 
 
+def _hostname(value: str) -> str:
+    # A DNS name a certificate can be issued for: RFC 1123 labels, no wildcard, at least one dot.
+    if value and not re.fullmatch(
+        r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]([a-z0-9-]{0,61}[a-z0-9])?", value
+    ):
+        raise ValueError(
+            "a lower-case DNS name with at least one dot and no wildcard, e.g. llm.internal.example.com"
+        )
+    return value
+
+
+def _acm_certificate_arn(value: str) -> str:
+    if value and not re.fullmatch(r"arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/[0-9a-f-]{36}", value):
+        raise ValueError("expected an ACM certificate ARN, arn:aws:acm:<region>:<account>:certificate/<id>")
+    return value
+
+
+def _log_retention_days(value: Any) -> Any:
+    if isinstance(_decoded(value), int) and _decoded(value) not in LOG_RETENTION_DAYS:
+        raise ValueError(
+            "not a retention CloudWatch offers; use one of " + ", ".join(map(str, LOG_RETENTION_DAYS))
+        )
+    return value
+
+
 def _known_model(value: str) -> str:
     if value not in MODELS:
         raise ValueError("this stack knows the facts of " + ", ".join(MODELS) + " only")
@@ -341,6 +373,14 @@ class StackConfig(BaseModel):
     weights_host_path: Annotated[Text, AfterValidator(_host_path)] = Field(alias="weightsHostPath")
     endpoint_scheme: Annotated[Text, _one_of(*ENDPOINT_SCHEMES)] = Field(alias="endpointScheme")
     endpoint_source_ranges: Cidrs = Field(alias="endpointSourceRanges")
+    endpoint_plain_http: Flag = Field(alias="endpointPlainHttp")
+    endpoint_hostname: Annotated[Text, AfterValidator(_hostname)] = Field(alias="endpointHostname")
+    endpoint_certificate_arn: Annotated[Text, AfterValidator(_acm_certificate_arn)] = Field(
+        alias="endpointCertificateArn"
+    )
+    cluster_log_retention_days: Annotated[
+        int, _whole_number(1, 3653), BeforeValidator(_log_retention_days)
+    ] = Field(alias="clusterLogRetentionDays")
     hf_token_in_secrets_manager: Flag = Field(alias="hfTokenInSecretsManager")
     cost_budget_usd_per_hour: Annotated[int, _whole_number(0)] = Field(alias="costBudgetUsdPerHour")
 
@@ -367,6 +407,7 @@ class ClusterSettings:
     api_public_access_cidrs: tuple[str, ...]
     support_type: str = "STANDARD"  # EKS upgrade policy, always sent explicitly
     standard_support_until: date | None = None
+    log_retention_days: int = 90  # control-plane logs in CloudWatch
 
 
 @dataclass(frozen=True)
@@ -415,10 +456,23 @@ class EndpointSettings:
     # Where the cluster's own nodes are (the kubelet's probes come from there): the new VPC,
     # or nothing known for an existing cluster, whose source ranges must then include them.
     node_ranges: tuple[str, ...] = ()
+    tls: str = "stack-ca"  # one of TLS_MODES
+    # The name clients use, when the stack's owner points a DNS record at the load balancer.
+    hostname: str | None = None
+    certificate_arn: str | None = None  # ACM, presented by the load balancer (tls "acm")
+    # The AWS Load Balancer Controller, which the stack installs when it creates the cluster,
+    # handles the Service (IP targets, health check to the gateway); with an existing cluster the
+    # Service is written so that either it or the legacy controller does what the settings say.
+    load_balancer_controller: bool = True
+    region: str | None = None
 
     @property
     def internet_facing(self) -> bool:
         return self.scheme == "internet-facing"
+
+    @property
+    def url_scheme(self) -> str:
+        return "http" if self.tls == "off" else "https"
 
 
 @dataclass(frozen=True)
@@ -766,6 +820,38 @@ def _derive(
             "with an existing cluster, list the CIDRs that may reach the endpoint (e.g. your VPC CIDR)",
         )
 
+    tls = "off" if stack.endpoint_plain_http else "acm" if stack.endpoint_certificate_arn else "stack-ca"
+    if stack.endpoint_plain_http and stack.endpoint_certificate_arn:
+        fail(
+            "endpointPlainHttp",
+            True,
+            "contradicts endpointCertificateArn (TLS with an ACM certificate); remove one of the two",
+        )
+    if stack.endpoint_certificate_arn:
+        arn_region = stack.endpoint_certificate_arn.split(":")[3]
+        if not stack.endpoint_hostname:
+            fail(
+                "endpointHostname",
+                "",
+                "endpointCertificateArn needs the name the certificate is for (and a DNS record of "
+                "that name pointing at the load balancer), e.g. llm.example.com",
+            )
+        if region and arn_region != region:
+            fail(
+                "endpointCertificateArn",
+                stack.endpoint_certificate_arn,
+                f"the certificate is in {arn_region}, the stack in {region}; a load balancer can only "
+                f"use an ACM certificate of its own region: request or import one in {region}",
+            )
+        if existing_cluster:
+            fail(
+                "endpointCertificateArn",
+                stack.endpoint_certificate_arn,
+                "TLS at the load balancer needs the AWS Load Balancer Controller, which the stack "
+                "installs only when it creates the cluster; with an existing cluster, leave it "
+                "empty (the pods then present the stack CA's certificate) and set endpointHostname",
+            )
+
     server_cpu, server_memory_gib = replica_resources(instance, gpus_per_replica)
     if stack.server_cpu > instance.vcpus:
         fail("serverCpu", stack.server_cpu, f"expected a whole number from 0 to {instance.vcpus}")
@@ -805,6 +891,7 @@ def _derive(
             api_public_access_cidrs=public_cidrs,
             support_type=stack.kubernetes_support_type,
             standard_support_until=support_ends,
+            log_retention_days=stack.cluster_log_retention_days,
         ),
         gpu_nodes=gpu_nodes,
         system_nodes=SystemNodeSettings(
@@ -826,6 +913,11 @@ def _derive(
             scheme=stack.endpoint_scheme,
             source_ranges=source_ranges,
             node_ranges=() if existing_cluster else (stack.vpc_cidr,),
+            tls=tls,
+            hostname=stack.endpoint_hostname or None,
+            certificate_arn=stack.endpoint_certificate_arn or None,
+            load_balancer_controller=not existing_cluster,
+            region=region,
         ),
         cost_budget_usd_per_hour=stack.cost_budget_usd_per_hour,
         notices=tuple(notices),

@@ -222,3 +222,71 @@ def test_a_version_within_sixty_days_of_its_end_is_a_warning_not_a_refusal():
     assert notice.startswith("Kubernetes 1.35 leaves EKS standard support on 2027-03-27, in 54 days")
     assert parse(today=date(2026, 12, 1), kubernetesVersion="1.35").notices == ()
     assert parse(today=date(2026, 12, 1)).cluster.standard_support_until == date(2027, 3, 27)
+
+
+# --- The endpoint's TLS and the control plane's logs -------------------------------------------
+
+ACM_ARN = "arn:aws:acm:us-east-1:123456789012:certificate/12345678-1234-1234-1234-123456789012"
+
+
+def test_tls_with_the_stack_ca_is_the_default_and_plain_http_must_be_asked_for():
+    endpoint = parse().endpoint
+    assert (endpoint.tls, endpoint.url_scheme, endpoint.load_balancer_controller) == (
+        "stack-ca",
+        "https",
+        True,
+    )
+    plain = parse(endpointPlainHttp="true").endpoint
+    assert (plain.tls, plain.url_scheme) == ("off", "http")
+
+
+def test_an_acm_certificate_needs_its_hostname_and_the_stack_region():
+    settings = parse(endpointCertificateArn=ACM_ARN, endpointHostname="llm.example.com")
+    assert (settings.endpoint.tls, settings.endpoint.hostname) == ("acm", "llm.example.com")
+    [missing] = problems(endpointCertificateArn=ACM_ARN)
+    assert missing.startswith(f"{PROJECT}:endpointHostname = ''") and "llm.example.com" in missing
+    [elsewhere] = problems(
+        endpointCertificateArn=ACM_ARN.replace("us-east-1", "eu-west-1"), endpointHostname="llm.example.com"
+    )
+    assert "endpointCertificateArn" in elsewhere and "eu-west-1" in elsewhere and "in us-east-1" in elsewhere
+
+
+@pytest.mark.parametrize(
+    ("values", "key", "words"),
+    [
+        ({"endpointCertificateArn": "arn:aws:iam::123456789012:role/x"}, "endpointCertificateArn", "ACM"),
+        ({"endpointHostname": "*.example.com"}, "endpointHostname", "no wildcard"),
+        ({"endpointHostname": "Example.com"}, "endpointHostname", "lower-case"),
+        ({"endpointHostname": "localhost"}, "endpointHostname", "at least one dot"),
+        (
+            {
+                "endpointPlainHttp": "true",
+                "endpointCertificateArn": ACM_ARN,
+                "endpointHostname": "a.example.com",
+            },
+            "endpointPlainHttp",
+            "remove one of the two",
+        ),
+        ({"clusterLogRetentionDays": "100"}, "clusterLogRetentionDays", "90, 120"),
+        ({"clusterLogRetentionDays": "0"}, "clusterLogRetentionDays", "1, 3, 5"),
+        ({"clusterLogRetentionDays": "ninety"}, "clusterLogRetentionDays", "whole number"),
+    ],
+)
+def test_endpoint_and_log_settings_that_cannot_work_are_refused_by_name(values, key, words):
+    [problem] = problems(**values)
+    assert problem.startswith(f"{PROJECT}:{key} = ") and words in problem
+
+
+def test_an_acm_certificate_with_an_existing_cluster_is_refused():
+    [problem] = problems(
+        secrets=TOKEN | {"kubeconfig"},
+        endpointCertificateArn=ACM_ARN,
+        endpointHostname="llm.example.com",
+        endpointSourceRanges=["10.0.0.0/8"],
+    )
+    assert "endpointCertificateArn" in problem and "AWS Load Balancer Controller" in problem
+
+
+def test_log_retention_reaches_the_cluster_settings():
+    assert parse().cluster.log_retention_days == 90
+    assert parse(clusterLogRetentionDays="365").cluster.log_retention_days == 365
