@@ -5,7 +5,8 @@ Read top to bottom, this is the table of contents of the stack:
   1. settings      every config key parsed and validated before anything is registered
   2. platform      VPC -> EKS (add-ons, system nodes) -> GPU node group -> NVIDIA device plugin
                    (or, with `kubeconfig` set, an existing cluster that already has GPU nodes)
-  3. workload      trtllm-serve replicas behind an API-key gateway and an internal NLB
+  3. workload      trtllm-serve replicas behind an API-key gateway (TLS) and an internal NLB
+                   (the AWS Load Balancer Controller's)
   4. outputs       what app teams need to call the endpoint
 """
 
@@ -14,11 +15,12 @@ from __future__ import annotations
 import pulumi
 import pulumi_aws as aws
 
-from components.cluster import ClusterArgs, EksCluster
+from components.cluster import SYSTEM_NODE_LABELS, ClusterArgs, EksCluster
 from components.config import read_stack
 from components.device_plugin import DevicePluginArgs, NvidiaDevicePlugin, ami_needs_device_plugin
 from components.gpu_nodes import GpuNodeGroup, GpuNodeGroupArgs
 from components.inference_server import InferenceServer, InferenceServerArgs
+from components.load_balancer_controller import LoadBalancerController, LoadBalancerControllerArgs
 from components.network import Network, NetworkArgs, choose_zones
 from components.platform import KubernetesPlatform, existing_cluster_platform, kubernetes_provider
 from serving.config.settings import PROJECT, SettingsError, StackSettings
@@ -59,7 +61,8 @@ def availability_zones(settings: StackSettings) -> tuple[list[str], list[str]]:
 
 
 def create_aws_platform(settings: StackSettings) -> tuple[KubernetesPlatform, dict[str, object]]:
-    """Network, cluster, node groups and device plugin; returns the platform and its outputs."""
+    """Network, cluster, node groups, device plugin and load balancer controller; returns the
+    platform and its outputs."""
     name = settings.cluster.name
     tags = {"gpt-oss/stack": pulumi.get_stack(), "gpt-oss/cluster": name}
     zones, gpu_zones = availability_zones(settings)
@@ -81,6 +84,7 @@ def create_aws_platform(settings: StackSettings) -> tuple[KubernetesPlatform, di
             admin_role_arns=settings.cluster.admin_role_arns,
             support_type=settings.cluster.support_type,
             api_public_access_cidrs=settings.cluster.api_public_access_cidrs,
+            log_retention_days=settings.cluster.log_retention_days,
             tags=tags,
         ),
     )
@@ -111,11 +115,27 @@ def create_aws_platform(settings: StackSettings) -> tuple[KubernetesPlatform, di
             )
         )
 
+    # The NLB in front of the gateway: IP targets, health check to /health, source ranges on
+    # the NLB's own security group.
+    load_balancer_controller = LoadBalancerController(
+        "aws-load-balancer-controller",
+        LoadBalancerControllerArgs(
+            cluster_name=cluster.name,
+            region=settings.region or "",
+            vpc_id=network.vpc_id,
+            node_selector=SYSTEM_NODE_LABELS,
+            partition=cluster.partition,
+            tags=tags,
+        ),
+        opts=pulumi.ResourceOptions(providers=[provider]),
+    )
+
     platform = KubernetesPlatform(
         provider=provider,
         cluster_name=cluster.name,
         kms_key_arn=cluster.kms_key_arn,
         gpu_capacity=gpu_capacity,
+        load_balancer_controller=load_balancer_controller,
     )
     outputs = {
         "kubeconfig": cluster.kubeconfig,
@@ -148,6 +168,7 @@ def main() -> None:
             endpoint=settings.endpoint,
             hf_access_token=secrets.hf_access_token,
             kms_key_arn=platform.kms_key_arn,
+            load_balancer_controller=platform.load_balancer_controller,
         ),
         opts=pulumi.ResourceOptions(providers=[platform.provider], depends_on=platform.gpu_capacity),
     )
@@ -156,6 +177,9 @@ def main() -> None:
     pulumi.export("endpoint", server.endpoint)
     pulumi.export("model", server.model)
     pulumi.export("apiKey", pulumi.Output.secret(server.api_key))
+    if server.ca_certificate is not None:
+        # The CA that signed the endpoint's certificate: what clients verify it against.
+        pulumi.export("caCertificate", server.ca_certificate)
     pulumi.export("namespace", server.namespace)
     pulumi.export("serviceName", server.service_name)
     pulumi.export("clusterName", platform.cluster_name)

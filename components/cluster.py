@@ -51,7 +51,13 @@ class ClusterArgs:
     api_public_access_cidrs: tuple[str, ...] = ()
     # EKS upgrade policy: STANDARD or EXTENDED, always explicit (the API's default is EXTENDED).
     support_type: str = "STANDARD"
+    # How long CloudWatch keeps the control plane's logs (EKS's own log group never expires them).
+    log_retention_days: int = 90
     tags: dict[str, str] = field(default_factory=dict)
+
+
+# What the system nodes carry, for the cluster's own controllers to select them.
+SYSTEM_NODE_LABELS = {"gpt-oss/node-role": "system"}
 
 
 # Managed policies a node needs and nothing more: join the cluster and pull images from ECR (the
@@ -231,7 +237,7 @@ class SystemNodeGroup(pulumi.ComponentResource):
                 max_size=args.nodes.node_count,
             ),
             update_config=aws.eks.NodeGroupUpdateConfigArgs(max_unavailable=1),
-            labels={"gpt-oss/node-role": "system"},
+            labels=dict(SYSTEM_NODE_LABELS),
             launch_template=aws.eks.NodeGroupLaunchTemplateArgs(
                 id=launch_template.id,
                 version=launch_template.latest_version.apply(str),
@@ -289,6 +295,17 @@ class EksCluster(pulumi.ComponentResource):
             opts=child,
         )
 
+        # The group EKS writes the control plane's logs to, created first with a retention: the
+        # one EKS would create keeps them forever. An existing stack already has that group;
+        # import it once (docs/operations.md) before this `pulumi up`.
+        log_group = aws.cloudwatch.LogGroup(
+            f"{name}-control-plane-logs",
+            name=f"/aws/eks/{args.name}/cluster",
+            retention_in_days=args.log_retention_days,
+            tags=args.tags,
+            opts=child,
+        )
+
         self.cluster = aws.eks.Cluster(
             f"{name}-eks",
             name=args.name,
@@ -321,7 +338,7 @@ class EksCluster(pulumi.ComponentResource):
             # The add-ons are EKS managed add-ons below instead of unmanaged bootstrap copies.
             bootstrap_self_managed_addons=False,
             tags=args.tags,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[role_policy]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[role_policy, log_group]),
         )
 
         cluster_admin_policy = (

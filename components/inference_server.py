@@ -1,8 +1,9 @@
 """The serving workload: TensorRT-LLM behind an API-key gateway, on an internal load balancer.
 
-Registers the objects that `serving.workload.manifests` describes, plus the two secrets: the Hugging Face
-token (from Pulumi secret config, never unwrapped here) and a generated API key. Both stay Pulumi
-secrets from end to end, so state, outputs and logs only ever hold ciphertext.
+Registers the objects that `serving.workload.manifests` describes, plus the secrets: the Hugging
+Face token (from Pulumi secret config, never unwrapped here), a generated API key and the
+gateway's TLS key. They stay Pulumi secrets from end to end, so state, outputs and logs only ever
+hold ciphertext.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import pulumi_kubernetes as k8s
 import pulumi_random as random
 
 from components.cluster import resources_in
+from components.endpoint_certificate import EndpointCertificate, EndpointCertificateArgs
 from serving.config.settings import EndpointSettings, ServingSettings
 from serving.runtime.options import render_options_yaml
-from serving.workload import gateway
+from serving.workload import certificates, gateway
 from serving.workload import manifests as workload
 
 
@@ -30,6 +32,8 @@ class InferenceServerArgs:
     # The stack's KMS key, for the optional Secrets Manager copy of the token; None for an
     # existing cluster (a key of this component's own is made then).
     kms_key_arn: pulumi.Input[str] | None = None
+    # What the Service must wait for, and outlive on destroy: the load balancer controller.
+    load_balancer_controller: pulumi.Resource | None = None
 
 
 class InferenceServer(pulumi.ComponentResource):
@@ -46,6 +50,9 @@ class InferenceServer(pulumi.ComponentResource):
     api_key: pulumi.Output[str]
     namespace: pulumi.Output[str]
     service_name: pulumi.Output[str]
+    # The stack CA's certificate that clients trust; None when the NLB presents an ACM one
+    # or the endpoint is plain HTTP.
+    ca_certificate: pulumi.Output[str] | None
 
     def __init__(self, name: str, args: InferenceServerArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("gpt-oss:serving:InferenceServer", name, None, opts)
@@ -62,6 +69,10 @@ class InferenceServer(pulumi.ComponentResource):
             internet_facing=args.endpoint.internet_facing,
             source_ranges=args.endpoint.source_ranges,
             node_ranges=args.endpoint.node_ranges,
+            tls=args.endpoint.tls,
+            certificate_arn=args.endpoint.certificate_arn,
+            load_balancer_controller=args.endpoint.load_balancer_controller,
+            gateway=workload.gateway_for(args.endpoint.tls),
         )
 
         def child(
@@ -132,13 +143,45 @@ class InferenceServer(pulumi.ComponentResource):
             opts=child("api-gateway-config", depends_on=[namespace]),
         )
 
+        tls_secrets: list[pulumi.Resource] = []
+        self.ca_certificate = None
+        if spec.gateway.tls:
+            certificate = EndpointCertificate(
+                f"{name}-certificate",
+                EndpointCertificateArgs(
+                    names=certificates.endpoint_certificate_names(
+                        service=spec.names.service,
+                        namespace=serving.namespace,
+                        region=args.endpoint.region,
+                        hostname=args.endpoint.hostname,
+                    )
+                ),
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+            tls_manifest = workload.tls_secret(
+                spec,
+                pulumi.Output.secret(certificate.certificate_pem),
+                certificate.private_key_pem,
+            )
+            tls_secrets.append(
+                k8s.core.v1.Secret(
+                    f"{name}-api-gateway-tls",
+                    metadata=k8s.meta.v1.ObjectMetaArgs(**tls_manifest["metadata"]),
+                    type=tls_manifest["type"],
+                    string_data=tls_manifest["stringData"],
+                    opts=child("api-gateway-tls", depends_on=[namespace], renamed=False),
+                )
+            )
+            if spec.tls == "stack-ca":
+                self.ca_certificate = certificate.ca_certificate_pem
+
         pod_annotations = {
             # A change to the runtime options or the gateway rolls the pods.
             "gpt-oss.serving/config-checksum": workload.config_checksum(
                 render_options_yaml(serving.runtime), *gateway_conf["data"].values()
             ),
             # A new API key does not: the gateway reloads its key map in place (serving/workload/gateway.py),
-            # so rotating a key never costs a model reload.
+            # so rotating a key never costs a model reload. Nor does a renewed certificate.
         }
         manifest = workload.deployment(spec, pod_annotations=pod_annotations)
         if not serving.await_rollout:
@@ -161,6 +204,7 @@ class InferenceServer(pulumi.ComponentResource):
                     api_keys_secret,
                     options_map,
                     gateway_map,
+                    *tls_secrets,
                     *resources_in(opts),
                 ],
                 # The first rollout waits for a 65 GB download and a model load.
@@ -185,15 +229,33 @@ class InferenceServer(pulumi.ComponentResource):
         )
 
         service_manifest = workload.service(spec)
+        if not serving.await_rollout:
+            # No pod can be ready yet, and the Service would wait for one: create it, do not wait.
+            service_manifest["metadata"]["annotations"]["pulumi.com/skipAwait"] = "true"
+        controller = [args.load_balancer_controller] if args.load_balancer_controller else []
+        endpoint_options = child("endpoint", depends_on=[namespace, deployment, *controller])
         service = k8s.core.v1.Service(
             f"{name}-endpoint",
             metadata=service_manifest["metadata"],
             spec=service_manifest["spec"],
-            opts=child("endpoint", depends_on=[namespace, deployment]),
+            opts=endpoint_options.merge(
+                pulumi.ResourceOptions(
+                    # A Service's load balancer class cannot change in place (moving an existing
+                    # stack from the legacy controller to this one): replace it, deleting the old
+                    # first since the name stays. Its NLB, and its DNS name, are new then.
+                    replace_on_changes=["spec.loadBalancerClass"],
+                    delete_before_replace=True,
+                ),
+            ),
         )
 
-        hostname = service.status.apply(_load_balancer_address)
-        self.endpoint = pulumi.Output.concat("http://", hostname, "/v1")  # SERVICE_PORT is 80
+        address = (
+            pulumi.Output.from_input(args.endpoint.hostname)
+            if args.endpoint.hostname
+            else service.status.apply(_load_balancer_address)
+        )
+        # The port is the scheme's own (443 or 80), so the URL needs none.
+        self.endpoint = pulumi.Output.concat(args.endpoint.url_scheme, "://", address, "/v1")
         self.model = pulumi.Output.from_input(serving.runtime.served_model_name)
         self.api_key = pulumi.Output.secret(api_key.result)
         self.namespace = pulumi.Output.from_input(serving.namespace)
@@ -205,6 +267,7 @@ class InferenceServer(pulumi.ComponentResource):
                 "apiKey": self.api_key,
                 "namespace": self.namespace,
                 "serviceName": self.service_name,
+                "caCertificate": self.ca_certificate,
             }
         )
 

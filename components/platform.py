@@ -23,6 +23,8 @@ class KubernetesPlatform:
     # What GPU workloads must wait for (GPU node group, device plugin): without them a GPU pod
     # would sit Pending and `pulumi up` would wait for it until its timeout.
     gpu_capacity: list[pulumi.Resource] = field(default_factory=list)
+    # The AWS Load Balancer Controller the stack installed; None for an existing cluster.
+    load_balancer_controller: pulumi.Resource | None = None
 
 
 def kubernetes_provider(

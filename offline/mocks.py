@@ -109,8 +109,14 @@ class PlanMocks(pulumi.runtime.Mocks):
         state = copy.deepcopy(args.inputs)
         resource_id = f"<{args.name}-id>"
         kind = args.typ
+        if kind.startswith("kubernetes:helm.sh/"):
+            # A Helm release: the chart never reaches a cluster here; its inputs are its state.
+            state.setdefault("status", {"status": "deployed", "version": state.get("version")})
+            return resource_id, state
         if kind.startswith("kubernetes:"):
             return resource_id, self._kubernetes_state(args, state)
+        if kind.startswith("tls:"):
+            return resource_id, _tls_placeholders(args, state)
         if kind.startswith("aws:"):
             service = kind.split(":")[1].split("/")[0]
             state.setdefault("arn", f"arn:aws:{service}:{self.region}:{ACCOUNT_ID}:<{args.name}>")
@@ -134,6 +140,23 @@ class PlanMocks(pulumi.runtime.Mocks):
                 }
             }
         return state
+
+
+# pulumi-tls's PEM outputs by resource type: visibly placeholders, in PEM's framing.
+_TLS_PEM_OUTPUTS = {
+    "tls:index/privateKey:PrivateKey": ("privateKeyPem", "PRIVATE KEY"),
+    "tls:index/selfSignedCert:SelfSignedCert": ("certPem", "CERTIFICATE"),
+    "tls:index/certRequest:CertRequest": ("certRequestPem", "CERTIFICATE REQUEST"),
+    "tls:index/locallySignedCert:LocallySignedCert": ("certPem", "CERTIFICATE"),
+}
+
+
+def _tls_placeholders(args: MockResourceArgs, state: dict) -> dict:
+    output, label = _TLS_PEM_OUTPUTS[args.typ]
+    state[output] = f"-----BEGIN {label}-----\nplaceholder-of-{args.name}\n-----END {label}-----\n"
+    if args.typ == "tls:index/locallySignedCert:LocallySignedCert":
+        state["readyForRenewal"] = False
+    return state
 
 
 def _random_placeholder(name: str, state: dict) -> str:

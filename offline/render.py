@@ -27,8 +27,12 @@ class SecretLeakError(RuntimeError):
 # --- Kubernetes objects ----------------------------------------------------------------------
 
 
+HELM_RELEASE = "kubernetes:helm.sh/v3:Release"
+
+
 def is_kubernetes_object(resource: PlannedResource) -> bool:
-    return resource.type.startswith("kubernetes:") and resource.custom
+    """An object applied as it is (a Helm release is a chart the provider installs, not one)."""
+    return resource.type.startswith("kubernetes:") and resource.custom and resource.type != HELM_RELEASE
 
 
 def kubernetes_object(resource: PlannedResource) -> dict[str, Any]:
@@ -84,10 +88,14 @@ def _fields(values: dict[str, Any], *paths: str) -> list[str]:
     return shown
 
 
-def _short(value: Any) -> str:
+def _short(value: Any, key: str = "") -> str:
     if isinstance(value, (dict, list)):
         return json.dumps(value, separators=(",", ":"))
-    return str(value)
+    text = str(value)
+    if text.startswith("-----BEGIN "):  # a PEM document: say what it is and how to save it
+        label = text.splitlines()[0].strip("-").removeprefix("BEGIN ").lower()
+        return f"<{label} (PEM); save it with: pulumi stack output {key} > {key}.pem>"
+    return text
 
 
 def _user_data(values: dict[str, Any]) -> list[str]:
@@ -146,13 +154,18 @@ def _workload(values: dict[str, Any]) -> list[str]:
 
 def _service(values: dict[str, Any]) -> list[str]:
     shown = _fields(
-        values, "metadata.namespace", "metadata.name", "spec.type", "spec.loadBalancerSourceRanges"
+        values,
+        "metadata.namespace",
+        "metadata.name",
+        "spec.type",
+        "spec.loadBalancerClass",
+        "spec.loadBalancerSourceRanges",
     )
     ports = [f"{p.get('port')}->{p.get('targetPort')}" for p in _get(values, "spec.ports") or []]
     if ports:
         shown.append("ports=" + ",".join(ports))
-    for key, value in (_get(values, "metadata.annotations") or {}).items():
-        shown.append(f"{key}={value}")
+    for key, value in sorted((_get(values, "metadata.annotations") or {}).items()):
+        shown.append(f"{key.removeprefix('service.beta.kubernetes.io/')}={value}")
     return shown
 
 
@@ -234,6 +247,19 @@ SUMMARIES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
         "nodeRepairConfig.enabled",
     ),
     "aws:ec2/launchTemplate:LaunchTemplate": _launch_template,
+    "aws:cloudwatch/logGroup:LogGroup": lambda v: _fields(v, "name", "retentionInDays"),
+    "aws:eks/podIdentityAssociation:PodIdentityAssociation": lambda v: _fields(
+        v, "namespace", "serviceAccount"
+    ),
+    HELM_RELEASE: lambda v: _fields(v, "chart", "version", "repositoryOpts.repo", "namespace"),
+    "tls:index/certRequest:CertRequest": lambda v: _fields(v, "subject.commonName", "dnsNames"),
+    "tls:index/selfSignedCert:SelfSignedCert": lambda v: _fields(
+        v, "subject.commonName", "isCaCertificate", "validityPeriodHours"
+    ),
+    "tls:index/locallySignedCert:LocallySignedCert": lambda v: _fields(
+        v, "validityPeriodHours", "earlyRenewalHours"
+    ),
+    "tls:index/privateKey:PrivateKey": lambda v: _fields(v, "algorithm", "ecdsaCurve"),
     "kubernetes:apps/v1:Deployment": _workload,
     "kubernetes:apps/v1:DaemonSet": _workload,
     "kubernetes:apps/v1:StatefulSet": _workload,
@@ -273,7 +299,7 @@ def render_tree(plan: PlanResult) -> str:
     lines.append("")
     lines.append("Outputs:")
     for key, value in plan.redacted_outputs().items():
-        lines.append(f"  {key}: {_short(value)}")
+        lines.append(f"  {key}: {_short(value, key)}")
     return "\n".join(lines) + "\n"
 
 

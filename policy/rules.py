@@ -655,6 +655,55 @@ replicas_fit_nodes = StackValidationPolicy(
 )
 
 
+# --- 9. Advisory: the endpoint speaks TLS ---------------------------------------------------
+
+LB_SSL_CERT = "service.beta.kubernetes.io/aws-load-balancer-ssl-cert"
+GATEWAY_CONFIG_KEY = "nginx.conf"
+
+
+def _gateway_terminates_tls(nginx_conf: str) -> bool:
+    listens = [line.split() for line in nginx_conf.splitlines() if line.strip().startswith("listen ")]
+    return bool(listens) and all("ssl;" in words or "ssl" in words for words in listens)
+
+
+def validate_endpoint_tls(args: StackValidationArgs, report_violation: ReportViolation) -> None:
+    services = [
+        r
+        for r in args.resources
+        if r.resource_type == SERVICE and get_path(r.props, "spec", "type") == "LoadBalancer"
+    ]
+    if not services:
+        args.not_applicable("no LoadBalancer Service in this stack")
+    for service in services:
+        annotations = known(lambda: as_mapping(get_path(service.props, "metadata", "annotations")), {})
+        if known(lambda: annotations.get(LB_SSL_CERT), None):
+            continue  # the NLB presents an ACM certificate
+        namespace = namespace_of(service.props)
+        gateway_configs = [
+            text
+            for r in args.resources
+            if r.resource_type == CONFIG_MAP and same_namespace(namespace_of(r.props), namespace)
+            if isinstance(text := known(lambda: get_path(r.props, "data", GATEWAY_CONFIG_KEY), None), str)
+        ]
+        if gateway_configs and all(_gateway_terminates_tls(text) for text in gateway_configs):
+            continue
+        report_violation(
+            f"{_label(service.resource_type, service.name)} serves plain HTTP: the API key and every "
+            "prompt cross the network in clear text. Remove endpointPlainHttp (the gateway then "
+            "presents the stack CA's certificate) or set endpointCertificateArn and endpointHostname.",
+            service.urn,
+        )
+
+
+endpoint_uses_tls = StackValidationPolicy(
+    name="endpoint-uses-tls",
+    description="A LoadBalancer Service reaches clients over TLS: an ACM certificate on the NLB, or "
+    "a gateway that listens with TLS.",
+    validate=validate_endpoint_tls,
+    enforcement_level=EnforcementLevel.ADVISORY,
+)
+
+
 POLICIES: list[Policy] = [
     gpu_node_group_taint,
     gpu_limit_matches_parallelism,
@@ -664,4 +713,5 @@ POLICIES: list[Policy] = [
     images_pinned,
     cost_budget,
     replicas_fit_nodes,
+    endpoint_uses_tls,
 ]

@@ -50,14 +50,24 @@ GATEWAY_CONFIG_MAP_KEY = "nginx.conf"
 GATEWAY_API_KEYS_DIR = "/etc/nginx/api-keys"
 GATEWAY_API_KEYS_SECRET_KEY = "api-keys.map"
 GATEWAY_API_KEYS_PATH = f"{GATEWAY_API_KEYS_DIR}/{GATEWAY_API_KEYS_SECRET_KEY}"
+# The endpoint's certificate and key: a `kubernetes.io/tls` Secret mounted as a directory (so the
+# kubelet refreshes a renewed certificate in place, as for the key map).
+GATEWAY_TLS_DIR = "/etc/nginx/tls"
+GATEWAY_TLS_CERTIFICATE_PATH = f"{GATEWAY_TLS_DIR}/tls.crt"
+GATEWAY_TLS_KEY_PATH = f"{GATEWAY_TLS_DIR}/tls.key"
+# The ports the gateway listens on: 8443 for TLS, 8080 for plain HTTP (only when a stack asks).
+GATEWAY_TLS_PORT = 8443
+GATEWAY_PLAIN_PORT = 8080
+# Protocols a client may speak: TLS 1.2 for older clients, 1.3 for the rest; nothing older.
+GATEWAY_TLS_PROTOCOLS = ("TLSv1.2", "TLSv1.3")
 # A memory-backed emptyDir here lets the container run with a read-only root filesystem.
 GATEWAY_TMP_DIR = "/tmp"
 
 # `daemon off;` is given on the command line, not in the file, so the same file also serves the
 # test runner and `nginx -t` (nginx rejects the directive twice).
 GATEWAY_NGINX_COMMAND = ("nginx", "-c", GATEWAY_CONFIG_MOUNT_PATH, "-g", "daemon off;")
-# How often the entrypoint looks at the key map. The kubelet itself takes up to a minute or two
-# to refresh a mounted Secret, so polling faster gains nothing.
+# How often the entrypoint looks at the key map and the certificate. The kubelet itself takes up
+# to a minute or two to refresh a mounted Secret, so polling faster gains nothing.
 KEY_MAP_POLL_SECONDS = 30
 
 # --- Sizing ------------------------------------------------------------------------------------
@@ -121,8 +131,8 @@ class ApiKeyError(ValueError):
 class GatewaySettings:
     """Everything that differs between the pod and a test prefix; the rest is fixed policy."""
 
-    # The unprivileged image listens on 8080: a non-root process cannot bind below 1024.
-    listen_port: int = 8080
+    # A non-root process cannot bind below 1024: 8443 (TLS) or 8080 (plain HTTP).
+    listen_port: int = GATEWAY_TLS_PORT
     # "" listens on every interface (the pod: the load balancer targets the pod IP); tests give
     # 127.0.0.1 so nothing outside the machine can reach them.
     listen_address: str = ""
@@ -130,6 +140,10 @@ class GatewaySettings:
     upstream_host: str = "127.0.0.1"
     upstream_port: int = 8000
     api_key_map_path: str = GATEWAY_API_KEYS_PATH
+    # The endpoint's certificate (PEM, the leaf first, then any intermediates) and its key; both
+    # empty for plain HTTP, which a stack must ask for explicitly (endpointPlainHttp).
+    tls_certificate_path: str = GATEWAY_TLS_CERTIFICATE_PATH
+    tls_key_path: str = GATEWAY_TLS_KEY_PATH
     pid_path: str = f"{GATEWAY_TMP_DIR}/nginx.pid"
     # Directory for nginx's temp files (client bodies, proxy spill-over); must be writable.
     temp_dir: str = GATEWAY_TMP_DIR
@@ -235,9 +249,16 @@ class GatewaySettings:
             value = getattr(self, name)
             if value < 1:
                 raise ValueError(f"GatewaySettings.{name}={value} must be a positive integer")
+        if bool(self.tls_certificate_path) != bool(self.tls_key_path):
+            raise ValueError(
+                "GatewaySettings.tls_certificate_path and tls_key_path go together: set both for "
+                "TLS, or neither for plain HTTP"
+            )
+        tls_paths = ("tls_certificate_path", "tls_key_path") if self.tls else ()
         for name in (
             "upstream_host",
             "api_key_map_path",
+            *tls_paths,
             "pid_path",
             "temp_dir",
             "access_log_path",
@@ -274,10 +295,30 @@ class GatewaySettings:
             )
 
     @property
+    def tls(self) -> bool:
+        return bool(self.tls_certificate_path)
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    @property
     def listen(self) -> str:
-        if self.listen_address:
-            return f"{self.listen_address}:{self.listen_port}"
-        return str(self.listen_port)
+        address = (
+            f"{self.listen_address}:{self.listen_port}" if self.listen_address else str(self.listen_port)
+        )
+        return f"{address} ssl" if self.tls else address
+
+    @property
+    def watched_paths(self) -> tuple[str, ...]:
+        """The mounted Secret files whose change makes the entrypoint reload nginx."""
+        tls = (self.tls_certificate_path, self.tls_key_path) if self.tls else ()
+        return (self.api_key_map_path, *tls)
+
+
+def plain_http_gateway() -> GatewaySettings:
+    """The pod's gateway for a stack that explicitly asked for plain HTTP."""
+    return GatewaySettings(listen_port=GATEWAY_PLAIN_PORT, tls_certificate_path="", tls_key_path="")
 
 
 # --- Keys --------------------------------------------------------------------------------------
@@ -355,21 +396,24 @@ def render_api_key_map(api_keys: Sequence[str]) -> str:
 
 def render_entrypoint_script(
     nginx_command: Sequence[str] = GATEWAY_NGINX_COMMAND,
-    api_key_map_path: str = GATEWAY_API_KEYS_PATH,
+    watched_paths: Sequence[str] = (GATEWAY_API_KEYS_PATH,),
     poll_seconds: int = KEY_MAP_POLL_SECONDS,
 ) -> str:
     """A POSIX sh script (busybox ash in the image, dash in tests) run as the container command.
 
     It starts nginx, reloads it (SIGHUP: new workers, running streams finish on the old ones)
-    whenever the key map's content changes, and turns the stop signal into nginx's graceful
-    stop. So a key rotated in the Secret takes effect without restarting the pod, whose GPU
-    server would need tens of minutes to load the model again. It also bypasses the image's
-    own entrypoint, whose scripts try to rewrite /etc/nginx/conf.d (read-only here).
+    whenever the content of a watched file (the key map, the certificate and its key) changes,
+    and turns the stop signal into nginx's graceful stop. So a key rotated or a certificate
+    renewed in its Secret takes effect without restarting the pod, whose GPU server would need
+    tens of minutes to load the model again. It also bypasses the image's own entrypoint, whose
+    scripts try to rewrite /etc/nginx/conf.d (read-only here).
     """
     if poll_seconds < 1:
         raise ValueError(f"poll_seconds={poll_seconds} must be at least 1")
+    if not watched_paths:
+        raise ValueError("watched_paths must name at least the key map")
     command = " ".join(shlex.quote(part) for part in nginx_command)
-    keys = shlex.quote(api_key_map_path)
+    files = " ".join(shlex.quote(path) for path in watched_paths)
     return f"""set -u
 {command} &
 nginx_pid=$!
@@ -377,7 +421,7 @@ stopping=0
 # Kubernetes sends the image's STOPSIGNAL (SIGQUIT) or SIGTERM: both become a graceful stop.
 graceful_stop() {{ stopping=1; kill -QUIT "$nginx_pid" 2>/dev/null; }}
 trap graceful_stop TERM QUIT INT
-last_keys=$(cksum < {keys} 2>/dev/null)
+last_files=$(cat {files} 2>/dev/null | cksum)
 while kill -0 "$nginx_pid" 2>/dev/null; do
   sleep {poll_seconds} &
   sleep_pid=$!
@@ -386,10 +430,10 @@ while kill -0 "$nginx_pid" 2>/dev/null; do
     kill "$sleep_pid" 2>/dev/null
     break
   fi
-  keys_now=$(cksum < {keys} 2>/dev/null)
-  if [ "$keys_now" != "$last_keys" ]; then
-    last_keys=$keys_now
-    echo "gateway: API key map changed, reloading nginx" >&2
+  files_now=$(cat {files} 2>/dev/null | cksum)
+  if [ "$files_now" != "$last_files" ]; then
+    last_files=$files_now
+    echo "gateway: API key map or certificate changed, reloading nginx" >&2
     kill -HUP "$nginx_pid"
   fi
 done
@@ -401,13 +445,10 @@ wait "$nginx_pid"
 """
 
 
-def gateway_command() -> tuple[str, ...]:
-    """The sidecar's `command`: the entrypoint script for the pod's paths."""
-    return ("/bin/sh", "-c", render_entrypoint_script())
-
-
-# The sidecar container's `command` (the image's own entrypoint is not used).
-GATEWAY_COMMAND = gateway_command()
+def gateway_command(settings: GatewaySettings) -> tuple[str, ...]:
+    """The sidecar's `command` (the image's own entrypoint is not used): the entrypoint script
+    for the pod's paths."""
+    return ("/bin/sh", "-c", render_entrypoint_script(watched_paths=settings.watched_paths))
 
 
 # --- nginx.conf --------------------------------------------------------------------------------
@@ -440,6 +481,11 @@ NOT_FOUND_BODY = _openai_error_body(
     "POST /v1/chat/completions and POST /v1/responses.",
     "invalid_request_error",
     "not_found",
+)
+PLAIN_HTTP_BODY = _openai_error_body(
+    "This endpoint speaks TLS only. Use an https:// base URL.",
+    "invalid_request_error",
+    "tls_required",
 )
 # 429, not 503: the OpenAI SDKs treat 429 as "retry later, with backoff".
 TOO_MANY_CONNECTIONS_BODY = _openai_error_body(
@@ -489,12 +535,32 @@ def _openai_location(method: str, path: str) -> str:
 """
 
 
+def _tls_directives(settings: GatewaySettings) -> str:
+    return f"""\
+        # TLS ends here, in the pod: the bearer key never crosses a network in clear text, not
+        # even inside the VPC between the load balancer and the pod.
+        ssl_certificate {settings.tls_certificate_path};
+        ssl_certificate_key {settings.tls_key_path};
+        ssl_protocols {" ".join(GATEWAY_TLS_PROTOCOLS)};
+        # Clients choose among nginx's (OpenSSL's) default strong ciphers; TLS 1.3 has no weak ones.
+        ssl_prefer_server_ciphers off;
+        ssl_session_cache shared:gateway_tls:10m;
+        ssl_session_timeout 1h;
+        # Tickets would need a key rotated across reloads; the session cache needs none.
+        ssl_session_tickets off;
+        # A plain-HTTP request to this port gets a JSON answer that says to use https.
+        error_page 497 = @plain_http;
+
+"""
+
+
 def render_nginx_conf(settings: GatewaySettings) -> str:
     """The complete nginx.conf for the gateway; the same settings give the same text."""
     s = settings
     upstream = f"{s.upstream_host}:{s.upstream_port}"
     health_method, health_path = HEALTH_ROUTE
     openai_locations = "\n".join(_openai_location(method, path) for method, path in OPENAI_ROUTES)
+    tls_directives = _tls_directives(settings) if settings.tls else ""
     text = f"""\
 # nginx.conf for the API-key gateway in front of trtllm-serve. Generated by serving/workload/gateway.py.
 # Holds no secret: the keys are in {s.api_key_map_path}, included below (a Kubernetes Secret).
@@ -572,7 +638,7 @@ http {{
 
     server {{
         listen {s.listen};
-
+{tls_directives}
         # Counted only once a request's header is read and it passed the method and key checks
         # (those answer in the rewrite phase, before limit_conn's preaccess phase).
         limit_conn per_address {s.limit_conn_per_address};
@@ -641,6 +707,11 @@ http {{
 
         location @request_too_large {{
             return 413 '{REQUEST_TOO_LARGE_BODY}';
+        }}
+
+        location @plain_http {{
+            keepalive_timeout 0;
+            return 400 '{PLAIN_HTTP_BODY}';
         }}
 
         location @too_many_connections {{

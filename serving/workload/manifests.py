@@ -57,7 +57,17 @@ STARTUP_PROBE_PERIOD_SECONDS = 30
 # Share of a node's CPU and memory given to the pods of its GPUs (the rest: kubelet, system
 # reserve, DaemonSets).
 NODE_SHARE_FOR_PODS = 0.85
-SERVICE_PORT = 80
+# The Service's port: 443 for TLS (the default), 80 only for a stack that asks for plain HTTP.
+HTTPS_SERVICE_PORT = 443
+PLAIN_SERVICE_PORT = 80
+# With IP targets a new pod is Ready before the NLB has registered it and seen two healthy checks
+# (2 x 10 s, plus registration): a rollout waits this long before it takes down the next old pod.
+LOAD_BALANCER_SETTLE_SECONDS = 60
+# The AWS Load Balancer Controller's class: the legacy in-tree controller ignores such a Service.
+LOAD_BALANCER_CLASS = "service.k8s.aws/nlb"
+AWS_LB = "service.beta.kubernetes.io/aws-load-balancer"
+# What the NLB negotiates with clients when it holds an ACM certificate: TLS 1.3 and 1.2 only.
+NLB_TLS_POLICY = "ELBSecurityPolicy-TLS13-1-2-2021-06"
 
 
 @dataclass(frozen=True)
@@ -67,6 +77,7 @@ class WorkloadNames:
     api_keys_secret: str = "api-gateway-keys"
     options_config_map: str = "trtllm-options"
     gateway_config_map: str = "api-gateway-config"
+    tls_secret: str = "api-gateway-tls"
     deployment: str = APP_NAME
     service: str = "gpt-oss"
     disruption_budget: str = APP_NAME
@@ -87,7 +98,31 @@ class WorkloadSpec:
     source_ranges: tuple[str, ...]
     # The cluster's node addresses (kubelet probes), when the stack knows them.
     node_ranges: tuple[str, ...] = ()
+    # "stack-ca" (the gateway presents the stack CA's certificate), "acm" (the NLB presents an ACM
+    # certificate and re-encrypts to the gateway) or "off" (plain HTTP, when a stack asks).
+    tls: str = "stack-ca"
+    certificate_arn: str | None = None
+    # True when the stack installed the AWS Load Balancer Controller (IP targets, health check to
+    # the gateway); False for an existing cluster, whose controller is not known.
+    load_balancer_controller: bool = True
     gateway: gateway.GatewaySettings = field(default_factory=gateway.GatewaySettings)
+
+    def __post_init__(self) -> None:
+        if (self.tls == "off") == self.gateway.tls:
+            raise ValueError(
+                f"WorkloadSpec.tls={self.tls!r} disagrees with the gateway's TLS ({self.gateway.tls})"
+            )
+        if (self.tls == "acm") != bool(self.certificate_arn):
+            raise ValueError("WorkloadSpec.certificate_arn goes with tls 'acm', and only with it")
+
+
+def gateway_for(tls: str) -> gateway.GatewaySettings:
+    """The pod's gateway: TLS on 8443, or plain HTTP on 8080 for a stack that asks for it."""
+    return gateway.plain_http_gateway() if tls == "off" else gateway.GatewaySettings()
+
+
+def service_port(spec: WorkloadSpec) -> int:
+    return PLAIN_SERVICE_PORT if spec.tls == "off" else HTTPS_SERVICE_PORT
 
 
 # checkov (the IaC scanner the tests run over the rendered objects) findings that are deliberate,
@@ -121,6 +156,10 @@ def labels(spec: WorkloadSpec, component: str = "server") -> dict[str, str]:
         "app.kubernetes.io/version": spec.runtime.image.rsplit(":", 1)[-1],
         "app.kubernetes.io/managed-by": "pulumi",
     }
+
+
+def _scheme(spec: WorkloadSpec) -> str:
+    return "internet-facing" if spec.internet_facing else "internal"
 
 
 def selector_labels(spec: WorkloadSpec) -> dict[str, str]:
@@ -175,9 +214,12 @@ def _restricted_security_context(uid: int) -> dict[str, Any]:
     }
 
 
-def _http_probe(port: str, period: int, failures: int, timeout: int = 5) -> dict[str, Any]:
+def _http_probe(
+    port: str, period: int, failures: int, timeout: int = 5, scheme: str = "HTTP"
+) -> dict[str, Any]:
+    # The kubelet does not verify the certificate of an HTTPS probe: the stack CA's will do.
     return {
-        "httpGet": {"path": "/health", "port": port},
+        "httpGet": {"path": "/health", "port": port, "scheme": scheme},
         "periodSeconds": period,
         "failureThreshold": failures,
         "timeoutSeconds": timeout,
@@ -221,6 +263,7 @@ def deployment(spec: WorkloadSpec, *, pod_annotations: dict[str, Any]) -> dict[s
         "volumeMounts": [cache_mount, {"name": "home", "mountPath": SERVER_HOME}],
     }
     startup_failures = math.ceil(spec.startup_timeout_minutes * 60 / STARTUP_PROBE_PERIOD_SECONDS)
+    probe_scheme = spec.gateway.scheme.upper()
     server = {
         "name": SERVER_CONTAINER,
         "image": runtime.image,
@@ -239,9 +282,11 @@ def deployment(spec: WorkloadSpec, *, pod_annotations: dict[str, Any]) -> dict[s
             # No CPU limit: throttling the scheduler thread stalls every stream.
             "limits": {"memory": f"{memory_gib}Gi", "nvidia.com/gpu": str(gpus)},
         },
-        "startupProbe": _http_probe(GATEWAY_PORT_NAME, STARTUP_PROBE_PERIOD_SECONDS, startup_failures),
-        "readinessProbe": _http_probe(GATEWAY_PORT_NAME, 10, 3),
-        "livenessProbe": _http_probe(GATEWAY_PORT_NAME, 30, 6, timeout=10),
+        "startupProbe": _http_probe(
+            GATEWAY_PORT_NAME, STARTUP_PROBE_PERIOD_SECONDS, startup_failures, scheme=probe_scheme
+        ),
+        "readinessProbe": _http_probe(GATEWAY_PORT_NAME, 10, 3, scheme=probe_scheme),
+        "livenessProbe": _http_probe(GATEWAY_PORT_NAME, 30, 6, timeout=10, scheme=probe_scheme),
         "lifecycle": {"preStop": {"sleep": {"seconds": DRAIN_PAUSE_SECONDS}}},
         # The root filesystem stays writable: Triton and torch write JIT caches at start.
         "securityContext": _restricted_security_context(SERVER_UID),
@@ -255,7 +300,7 @@ def deployment(spec: WorkloadSpec, *, pod_annotations: dict[str, Any]) -> dict[s
     api_gateway = {
         "name": GATEWAY_CONTAINER,
         "image": gateway.GATEWAY_IMAGE,
-        "command": list(gateway.GATEWAY_COMMAND),
+        "command": list(gateway.gateway_command(spec.gateway)),
         "ports": [{"name": GATEWAY_PORT_NAME, "containerPort": spec.gateway.listen_port, "protocol": "TCP"}],
         "resources": {"requests": {"cpu": "500m", "memory": "128Mi"}, "limits": {"memory": "256Mi"}},
         # nginx itself, not the server behind it (that is the server container's probes, through
@@ -284,6 +329,11 @@ def deployment(spec: WorkloadSpec, *, pod_annotations: dict[str, Any]) -> dict[s
                 "readOnly": True,
             },
             {"name": "gateway-keys", "mountPath": gateway.GATEWAY_API_KEYS_DIR, "readOnly": True},
+            *(
+                [{"name": "gateway-tls", "mountPath": gateway.GATEWAY_TLS_DIR, "readOnly": True}]
+                if spec.gateway.tls
+                else []
+            ),
             {"name": "gateway-tmp", "mountPath": gateway.GATEWAY_TMP_DIR},
         ],
     }
@@ -321,6 +371,16 @@ def deployment(spec: WorkloadSpec, *, pod_annotations: dict[str, Any]) -> dict[s
                 "name": "gateway-keys",
                 "secret": {"secretName": spec.names.api_keys_secret, "defaultMode": 0o440},
             },
+            *(
+                [
+                    {
+                        "name": "gateway-tls",
+                        "secret": {"secretName": spec.names.tls_secret, "defaultMode": 0o440},
+                    }
+                ]
+                if spec.gateway.tls
+                else []
+            ),
             {"name": "gateway-tmp", "emptyDir": {"sizeLimit": "1Gi"}},
         ],
     }
@@ -333,6 +393,7 @@ def deployment(spec: WorkloadSpec, *, pod_annotations: dict[str, Any]) -> dict[s
         },
         "spec": {
             "replicas": spec.replicas,
+            **({"minReadySeconds": LOAD_BALANCER_SETTLE_SECONDS} if spec.load_balancer_controller else {}),
             "selector": {"matchLabels": selector_labels(spec)},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}},
             "template": {
@@ -340,6 +401,18 @@ def deployment(spec: WorkloadSpec, *, pod_annotations: dict[str, Any]) -> dict[s
                 "spec": pod_spec,
             },
         },
+    }
+
+
+def tls_secret(spec: WorkloadSpec, certificate_pem: Any, key_pem: Any) -> dict[str, Any]:
+    """The gateway's certificate and key (a `kubernetes.io/tls` Secret); the values are passed in
+    so that the component can hand them over as Pulumi secrets."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": metadata(spec, spec.names.tls_secret, "gateway"),
+        "type": "kubernetes.io/tls",
+        "stringData": {"tls.crt": certificate_pem, "tls.key": key_pem},
     }
 
 
@@ -353,25 +426,82 @@ def disruption_budget(spec: WorkloadSpec) -> dict[str, Any]:
     }
 
 
+def service_annotations(spec: WorkloadSpec) -> dict[str, str]:
+    """The load balancer's settings. The scheme is always stated: the AWS Load Balancer
+    Controller makes an NLB internal unless told otherwise, the legacy controller public."""
+    annotations = {f"{AWS_LB}-scheme": _scheme(spec)}
+    if not spec.load_balancer_controller:
+        # An existing cluster: the legacy controller reads these; the AWS Load Balancer
+        # Controller's webhook, if the cluster runs it, takes the Service and reads the scheme.
+        annotations[f"{AWS_LB}-type"] = "nlb"
+        if not spec.internet_facing:
+            annotations[f"{AWS_LB}-internal"] = "true"
+        return annotations
+    health_protocol = "HTTP" if spec.tls == "off" else "HTTPS"
+    annotations |= {
+        # Straight to the pods (no NodePort hop through kube-proxy on a random node).
+        f"{AWS_LB}-nlb-target-type": "ip",
+        # The gateway's /health, which answers 200 only once trtllm-serve does: a loading or hung
+        # replica gets no traffic. Through TLS like the clients (the NLB does not verify it).
+        f"{AWS_LB}-healthcheck-protocol": health_protocol,
+        f"{AWS_LB}-healthcheck-port": "traffic-port",
+        f"{AWS_LB}-healthcheck-path": gateway.HEALTH_ROUTE[1],
+        f"{AWS_LB}-healthcheck-interval": "10",
+        f"{AWS_LB}-healthcheck-timeout": "6",
+        f"{AWS_LB}-healthcheck-healthy-threshold": "2",
+        f"{AWS_LB}-healthcheck-unhealthy-threshold": "2",
+        # The pods see the clients' own addresses: the gateway's per-address limit and its logs
+        # mean something, and the NetworkPolicy's source ranges apply to real clients.
+        f"{AWS_LB}-target-group-attributes": "preserve_client_ip.enabled=true",
+        # A few replicas may all sit in one zone: every NLB node must reach them.
+        f"{AWS_LB}-attributes": "load_balancing.cross_zone.enabled=true",
+    }
+    if spec.tls == "acm":
+        assert spec.certificate_arn is not None
+        annotations |= {
+            f"{AWS_LB}-ssl-cert": spec.certificate_arn,
+            f"{AWS_LB}-ssl-ports": "https",
+            f"{AWS_LB}-ssl-negotiation-policy": NLB_TLS_POLICY,
+            # Encrypted to the pod as well: the gateway still presents the stack CA's certificate.
+            f"{AWS_LB}-backend-protocol": "ssl",
+        }
+    return annotations
+
+
 def service(spec: WorkloadSpec) -> dict[str, Any]:
     """An NLB in front of the gateway port only; internal unless the stack asks otherwise."""
-    annotations = {"service.beta.kubernetes.io/aws-load-balancer-type": "nlb"}
-    if not spec.internet_facing:
-        annotations["service.beta.kubernetes.io/aws-load-balancer-internal"] = "true"
     service_metadata = metadata(spec, spec.names.service, "gateway")
-    service_metadata["annotations"] = annotations
+    service_metadata["annotations"] = service_annotations(spec)
+    port_name = "http" if spec.tls == "off" else "https"
+    load_balancer: dict[str, Any]
+    if spec.load_balancer_controller:
+        load_balancer = {
+            "loadBalancerClass": LOAD_BALANCER_CLASS,
+            # IP targets need no NodePort: no port opens on every node.
+            "allocateLoadBalancerNodePorts": False,
+        }
+    else:
+        # Local keeps the client address (instance targets), so the source ranges apply to
+        # real clients.
+        load_balancer = {"externalTrafficPolicy": "Local"}
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": service_metadata,
         "spec": {
             "type": "LoadBalancer",
-            # Local keeps the client address, so the source ranges apply to real clients.
-            "externalTrafficPolicy": "Local",
+            **load_balancer,
+            # Enforced by the NLB's own security group (the AWS Load Balancer Controller), or on
+            # the nodes' security group (the legacy controller).
             "loadBalancerSourceRanges": list(spec.source_ranges),
             "selector": selector_labels(spec),
             "ports": [
-                {"name": "http", "port": SERVICE_PORT, "targetPort": GATEWAY_PORT_NAME, "protocol": "TCP"}
+                {
+                    "name": port_name,
+                    "port": service_port(spec),
+                    "targetPort": GATEWAY_PORT_NAME,
+                    "protocol": "TCP",
+                }
             ],
         },
     }

@@ -365,7 +365,7 @@ def test_outputs_app_teams_need_with_secrets_marked():
     assert result.outputs["clusterName"] == "gpt-oss-prod"
     assert result.outputs["region"] == "us-east-1"
     assert result.outputs["gpuNodeGroupName"] == gpu_node_group().state["nodeGroupName"]
-    assert str(result.outputs["endpoint"]).startswith("http://<nlb-of-")
+    assert str(result.outputs["endpoint"]).startswith("https://<nlb-of-")
 
 
 # --- settings errors ---------------------------------------------------------------------------

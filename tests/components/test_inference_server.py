@@ -127,7 +127,8 @@ def test_gpus_replicas_and_packing_follow_the_settings():
 def test_endpoint_is_an_internal_nlb_limited_to_the_vpc_by_default():
     service = plan().one(SERVICE, "gpt-oss-endpoint").inputs
     assert (
-        service["metadata"]["annotations"]["service.beta.kubernetes.io/aws-load-balancer-internal"] == "true"
+        service["metadata"]["annotations"]["service.beta.kubernetes.io/aws-load-balancer-scheme"]
+        == "internal"
     )
     assert service["spec"]["loadBalancerSourceRanges"] == ["10.42.0.0/16"]
     assert service["spec"]["ports"][0]["targetPort"] == "gateway"
@@ -157,7 +158,7 @@ def test_api_key_is_generated_put_in_a_secret_and_exported_as_a_secret():
 def test_outputs_app_teams_consume():
     outputs = plan().outputs
     endpoint = str(outputs["endpoint"])
-    assert endpoint.startswith("http://") and endpoint.endswith("/v1")
+    assert endpoint.startswith("https://") and endpoint.endswith("/v1")
     assert outputs["model"] == "openai/gpt-oss-120b"
     assert outputs["namespace"] == "gpt-oss" and outputs["serviceName"] == "gpt-oss"
     assert outputs["clusterName"]

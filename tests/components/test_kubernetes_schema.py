@@ -12,6 +12,7 @@ import kubernetes_validate
 import pytest
 
 from offline.program import assemble_config
+from offline.render import is_kubernetes_object
 from tests.support.stack_harness import plan
 
 VARIANTS = ["prod", "bottlerocket", "existing-cluster", "capacity-block"]
@@ -27,7 +28,7 @@ def objects(variant: str) -> list[dict]:
     included) and the name the provider would have filled in."""
     found = []
     for resource in plan(variant).resources:
-        if resource.type.startswith("kubernetes:") and resource.custom:
+        if is_kubernetes_object(resource):
             obj = copy.deepcopy(resource.inputs)
             obj.setdefault("metadata", {}).setdefault("name", resource.state["metadata"]["name"])
             found.append(obj)

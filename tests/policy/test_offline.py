@@ -176,6 +176,7 @@ def test_public_load_balancer_straight_to_the_server_fails(fresh_prod: StackRun)
     run = fresh_prod
     endpoint = run.plan.one(SERVICE)
     endpoint.inputs["metadata"]["annotations"] = {}
+    endpoint.inputs["spec"].pop("loadBalancerClass")  # the legacy controller: public by default
     for port in endpoint.inputs["spec"]["ports"]:
         port["targetPort"] = 8000
     assert failures(run) == [("internet-facing-lb-requires-api-key", endpoint.name)]

@@ -214,12 +214,22 @@ INTERNAL = {
 }
 
 
+def gateway_config_map(listen: str = "listen 8443 ssl;") -> dict:
+    text = f"http {{\n    server {{\n        {listen}\n        ssl_certificate /etc/nginx/tls/tls.crt;\n    }}\n}}\n"
+    return {
+        "type": "kubernetes:core/v1:ConfigMap",
+        "name": "api-gateway-config",
+        "props": {"metadata": {"name": "api-gateway-config", "namespace": NS}, "data": {"nginx.conf": text}},
+    }
+
+
 def compliant_stack() -> list[dict]:
     return [
         node_group(),
         launch_template(),
         deployment(),
         options_config_map(),
+        gateway_config_map(),
         hf_secret(),
         gateway_keys_secret(),
         service(annotations=INTERNAL),
@@ -247,6 +257,7 @@ def test_policies_have_unique_names_and_the_documented_enforcement():
     assert {n for n, level in levels.items() if level == EnforcementLevel.ADVISORY} == {
         "gpu-cost-within-budget",
         "gpu-replicas-fit-nodes",
+        "endpoint-uses-tls",
     }
     assert all(level in (EnforcementLevel.MANDATORY, EnforcementLevel.ADVISORY) for level in levels.values())
 
@@ -547,6 +558,32 @@ def test_one_p5_node_fits_the_default_budget_and_a_raised_budget_fits_two():
     assert names(check([node_group(desired=2)], config), "gpu-cost-within-budget") == []
 
 
+# --- endpoint-uses-tls (advisory) ---------------------------------------------------------------
+
+
+def test_a_gateway_listening_in_plain_http_is_an_advisory():
+    stack = [s for s in compliant_stack() if s["name"] != "api-gateway-config"]
+    report = check([*stack, gateway_config_map(listen="listen 8080;")])
+    [violation] = report.for_policy("endpoint-uses-tls")
+    assert not violation.mandatory and "plain HTTP" in violation.message
+    assert "endpointPlainHttp" in violation.message
+
+
+def test_an_acm_certificate_on_the_nlb_counts_as_tls():
+    stack = [s for s in compliant_stack() if s["type"] != "kubernetes:core/v1:Service"]
+    acm = {
+        **INTERNAL,
+        "service.beta.kubernetes.io/aws-load-balancer-ssl-cert": "arn:aws:acm:us-east-1:1:certificate/x",
+    }
+    plain_gateway = [s for s in stack if s["name"] != "api-gateway-config"] + [
+        gateway_config_map("listen 8080;")
+    ]
+    assert names(check([*plain_gateway, service(annotations=acm)]), "endpoint-uses-tls") == []
+    # Nothing shows TLS at all: no gateway configuration, no certificate on the NLB.
+    bare = [s for s in stack if s["name"] != "api-gateway-config"] + [service(annotations=INTERNAL)]
+    assert names(check(bare), "endpoint-uses-tls") == ["endpoint"]
+
+
 # --- gpu-replicas-fit-nodes (advisory) --------------------------------------------------------
 
 
@@ -568,7 +605,7 @@ def test_capacity_of_an_instance_type_without_known_gpu_count_is_not_guessed():
         [node_group(instance_types=["g6e.12xlarge"]), deployment(replicas=5), options_config_map()]
     )
     assert names(report, "gpu-replicas-fit-nodes") == []
-    assert [name for name, _ in report.not_applicable] == ["gpu-replicas-fit-nodes"]
+    assert "gpu-replicas-fit-nodes" in [name for name, _ in report.not_applicable]
 
 
 @pytest.mark.parametrize(
@@ -592,7 +629,7 @@ def test_gpu_instance_families(instance_type: str, gpu: bool):
 def test_without_gpu_node_groups_the_capacity_policy_does_not_apply():
     report = check([deployment(replicas=5), options_config_map()])
     assert names(report, "gpu-replicas-fit-nodes") == []
-    assert [name for name, _ in report.not_applicable] == ["gpu-replicas-fit-nodes"]
+    assert "gpu-replicas-fit-nodes" in [name for name, _ in report.not_applicable]
 
 
 # --- The real PolicyPack, over gRPC, as the Pulumi engine drives it ---------------------------

@@ -126,11 +126,13 @@ def settings_for_prefix(
     upstream_port: int,
     listen_port: int,
     overrides: Mapping[str, Any] | None = None,
+    tls: bool = False,
 ) -> GatewaySettings:
     """The pod's settings with every path under `prefix` and the listener on loopback.
 
     `overrides` changes any GatewaySettings field, e.g. a short client_header_timeout_seconds
-    that keeps a timeout test fast.
+    that keeps a timeout test fast. Plain HTTP unless `tls`: most tests are about the proxy,
+    and the TLS tests (test_gateway_tls.py) are about the listener.
     """
     settings = GatewaySettings(
         listen_port=listen_port,
@@ -138,6 +140,8 @@ def settings_for_prefix(
         upstream_host="127.0.0.1",
         upstream_port=upstream_port,
         api_key_map_path=str(prefix / "api-keys" / "api-keys.map"),
+        tls_certificate_path=str(prefix / "tls" / "tls.crt") if tls else "",
+        tls_key_path=str(prefix / "tls" / "tls.key") if tls else "",
         pid_path=str(prefix / "nginx.pid"),
         temp_dir=str(prefix / "tmp"),
         access_log_path=str(prefix / "access.log"),
@@ -148,16 +152,33 @@ def settings_for_prefix(
     return replace(settings, **dict(overrides or {}))
 
 
-def write_gateway_files(prefix: Path, settings: GatewaySettings, api_keys: Sequence[str]) -> Path:
-    """Render nginx.conf and the key map into the prefix as the pod's mounts would hold them."""
+def write_gateway_files(
+    prefix: Path,
+    settings: GatewaySettings,
+    api_keys: Sequence[str],
+    certificate: tuple[str, str] | None = None,
+) -> Path:
+    """Render nginx.conf and the key map into the prefix as the pod's mounts would hold them;
+    `certificate` (PEM chain, PEM key) goes where the TLS Secret's files would be."""
     key_map_path = Path(settings.api_key_map_path)
     key_map_path.parent.mkdir(parents=True, exist_ok=True)
     key_map_path.write_text(render_api_key_map(api_keys))
+    if settings.tls:
+        if certificate is None:
+            raise ValueError("a TLS gateway needs a certificate and key to start")
+        write_certificate(settings, *certificate)
     Path(settings.temp_dir).mkdir(parents=True, exist_ok=True)
     conf_path = prefix / "nginx.conf"
     conf_path.write_text(render_nginx_conf(settings))
     _hand_over(prefix)
     return conf_path
+
+
+def write_certificate(settings: GatewaySettings, certificate_pem: str, key_pem: str) -> None:
+    """Put a certificate and key where the gateway reads them (as the kubelet refreshes them)."""
+    for path, text in ((settings.tls_certificate_path, certificate_pem), (settings.tls_key_path, key_pem)):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(text)
 
 
 def nginx_command(conf_path: Path, prefix: Path, *extra: str) -> list[str]:
@@ -274,10 +295,12 @@ def start_nginx(
     entrypoint_poll_seconds: int | None = None,
     entrypoint_shell: str = "dash",
     settings_overrides: Mapping[str, Any] | None = None,
+    certificate: tuple[str, str] | None = None,
 ) -> RunningNginx:
     """nginx on a free loopback port in a fresh prefix, in front of 127.0.0.1:upstream_port.
 
     `settings_overrides` changes GatewaySettings fields other than the paths and the listener.
+    With `certificate` (PEM chain, PEM key) the gateway listens with TLS, as in the pod.
 
     With `entrypoint_poll_seconds`, nginx runs under the pod's entrypoint script (which reloads
     on key-map changes and turns SIGTERM/SIGQUIT into a graceful stop), and `process` is the
@@ -285,11 +308,13 @@ def start_nginx(
     """
     find_nginx()  # fail before creating anything
     prefix = Path(tempfile.mkdtemp(prefix="gateway-nginx-"))
-    settings = settings_for_prefix(prefix, upstream_port, free_loopback_port(), settings_overrides)
-    conf_path = write_gateway_files(prefix, settings, api_keys)
+    settings = settings_for_prefix(
+        prefix, upstream_port, free_loopback_port(), settings_overrides, tls=certificate is not None
+    )
+    conf_path = write_gateway_files(prefix, settings, api_keys, certificate)
     command = nginx_command(conf_path, prefix)
     if entrypoint_poll_seconds is not None:
-        script = render_entrypoint_script(command, settings.api_key_map_path, entrypoint_poll_seconds)
+        script = render_entrypoint_script(command, settings.watched_paths, entrypoint_poll_seconds)
         command = [*shell_command(entrypoint_shell), "-c", script]
     stderr_path = prefix / "nginx.stderr"
     with stderr_path.open("w") as stderr:

@@ -31,14 +31,16 @@ import pytest
 from serving.workload.gateway import (
     CLIENT_MAX_BODY_BYTES,
     GATEWAY_API_KEYS_PATH,
-    GATEWAY_COMMAND,
     GATEWAY_CONFIG_MOUNT_PATH,
     GATEWAY_NGINX_COMMAND,
+    GATEWAY_TLS_DIR,
     HEALTH_ROUTE,
     OPENAI_ROUTES,
     ApiKeyError,
     GatewaySettings,
     api_key_fingerprint,
+    gateway_command,
+    plain_http_gateway,
     render_api_key_map,
     render_nginx_conf,
 )
@@ -366,23 +368,31 @@ def test_nginx_conf_is_deterministic_and_follows_settings() -> None:
     settings = GatewaySettings()
     assert render_nginx_conf(settings) == render_nginx_conf(GatewaySettings())
     moved = render_nginx_conf(GatewaySettings(listen_port=9090, upstream_port=8001))
-    assert "listen 9090;" in moved
+    assert "listen 9090 ssl;" in moved
     assert "server 127.0.0.1:8001 max_fails=0;" in moved
     assert moved != render_nginx_conf(settings)
 
 
 def test_pod_defaults_fit_the_unprivileged_image_and_the_mounts() -> None:
-    text = render_nginx_conf(GatewaySettings())
-    assert "listen 8080;" in text
+    settings = GatewaySettings()
+    text = render_nginx_conf(settings)
+    # TLS by default, on a port a non-root process may bind, with the certificate's Secret mount.
+    assert "listen 8443 ssl;" in text
+    assert f"ssl_certificate {GATEWAY_TLS_DIR}/tls.crt;" in text
+    assert f"ssl_certificate_key {GATEWAY_TLS_DIR}/tls.key;" in text
+    assert "listen 8080;" in render_nginx_conf(plain_http_gateway())
+    assert "ssl_certificate" not in render_nginx_conf(plain_http_gateway())
     assert f"include {GATEWAY_API_KEYS_PATH};" in text
     assert "pid /tmp/nginx.pid;" in text
     # `daemon off;` comes from the command line; in the file too, nginx would refuse to start.
     assert not [line for line in text.splitlines() if line.strip().startswith("daemon")]
     assert GATEWAY_NGINX_COMMAND[:3] == ("nginx", "-c", GATEWAY_CONFIG_MOUNT_PATH)
-    script = GATEWAY_COMMAND[2]
-    assert GATEWAY_COMMAND[:2] == ("/bin/sh", "-c")
+    command = gateway_command(settings)
+    script = command[2]
+    assert command[:2] == ("/bin/sh", "-c")
     assert f"nginx -c {GATEWAY_CONFIG_MOUNT_PATH} -g 'daemon off;' &" in script
-    assert f"cksum < {GATEWAY_API_KEYS_PATH}" in script
+    # A rotated key and a renewed certificate both reload nginx.
+    assert f"cat {GATEWAY_API_KEYS_PATH} {GATEWAY_TLS_DIR}/tls.crt {GATEWAY_TLS_DIR}/tls.key" in script
     # 'user' is meaningless for a non-root master and nginx warns about it.
     assert "\nuser " not in text
 

@@ -17,13 +17,19 @@ from serving.workload.manifests import (
     deployment,
     disruption_budget,
     gateway_config_map,
+    gateway_for,
     network_policy,
     options_config_map,
     replica_resources,
     service,
+    tls_secret,
 )
 
 KUBERNETES_VERSION = "1.35"  # Pulumi.prod.yaml's
+
+
+ACM_ARN = "arn:aws:acm:us-east-1:123456789012:certificate/12345678-1234-1234-1234-123456789012"
+LB = "service.beta.kubernetes.io/aws-load-balancer"
 
 
 def make_spec(**changes: Any) -> WorkloadSpec:
@@ -40,11 +46,27 @@ def make_spec(**changes: Any) -> WorkloadSpec:
         "source_ranges": ("10.42.0.0/16",),
     }
     values.update(changes)
+    values.setdefault("gateway", gateway_for(values.get("tls", "stack-ca")))
     return WorkloadSpec(**values)
+
+
+# The endpoint's variants: the default (the stack's CA, the AWS Load Balancer Controller), an
+# ACM certificate on the NLB, plain HTTP when asked, and an existing cluster's unknown controller.
+ENDPOINT_VARIANTS: dict[str, dict[str, Any]] = {
+    "stack-ca": {},
+    "acm": {"tls": "acm", "certificate_arn": ACM_ARN},
+    "plain-http": {"tls": "off"},
+    "existing-cluster": {"load_balancer_controller": False},
+}
 
 
 def all_objects(spec: WorkloadSpec):
     return [
+        *(
+            [tls_secret(spec, "-----BEGIN CERTIFICATE-----", "-----BEGIN PRIVATE KEY-----")]
+            if spec.gateway.tls
+            else []
+        ),
         options_config_map(spec),
         gateway_config_map(spec),
         deployment(spec, pod_annotations={"gpt-oss.serving/config-checksum": "0" * 64}),
@@ -59,9 +81,10 @@ def containers(manifest):
     return {c["name"]: c for c in pod["initContainers"] + pod["containers"]}
 
 
+@pytest.mark.parametrize("endpoint", sorted(ENDPOINT_VARIANTS))
 @pytest.mark.parametrize("internet_facing", [False, True])
-def test_every_object_passes_the_kubernetes_schema_strictly(internet_facing):
-    for manifest in all_objects(make_spec(internet_facing=internet_facing)):
+def test_every_object_passes_the_kubernetes_schema_strictly(internet_facing, endpoint):
+    for manifest in all_objects(make_spec(internet_facing=internet_facing, **ENDPOINT_VARIANTS[endpoint])):
         kubernetes_validate.validate(manifest, KUBERNETES_VERSION, strict=True)
 
 
@@ -110,7 +133,9 @@ def test_probes_allow_the_first_load_and_go_through_the_open_health_route():
     startup = server["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 45 * 60
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert server[probe]["httpGet"] == {"path": "/health", "port": "gateway"}
+        assert server[probe]["httpGet"] == {"path": "/health", "port": "gateway", "scheme": "HTTPS"}
+    plain = containers(deployment(make_spec(tls="off"), pod_annotations={}))["trtllm-serve"]
+    assert plain["readinessProbe"]["httpGet"]["scheme"] == "HTTP"
 
 
 def test_rollout_needs_no_spare_gpus_and_drains_gracefully():
@@ -163,7 +188,9 @@ def test_security_context_is_restrictive():
 def test_gateway_sidecar_is_the_only_way_in():
     spec = make_spec()
     svc = service(spec)
-    assert svc["spec"]["ports"] == [{"name": "http", "port": 80, "targetPort": "gateway", "protocol": "TCP"}]
+    assert svc["spec"]["ports"] == [
+        {"name": "https", "port": 443, "targetPort": "gateway", "protocol": "TCP"}
+    ]
     gateway_container = containers(deployment(spec, pod_annotations={}))["api-gateway"]
     assert gateway_container["image"] == gateway.GATEWAY_IMAGE
     assert gateway_container["ports"][0]["name"] == "gateway"
@@ -171,15 +198,84 @@ def test_gateway_sidecar_is_the_only_way_in():
     assert "127.0.0.1:8000" in conf  # it forwards to the loopback-only server
 
 
-def test_load_balancer_is_internal_unless_asked():
-    internal = service(make_spec())
-    annotations = internal["metadata"]["annotations"]
-    assert annotations["service.beta.kubernetes.io/aws-load-balancer-internal"] == "true"
-    assert annotations["service.beta.kubernetes.io/aws-load-balancer-type"] == "nlb"
-    assert internal["spec"]["loadBalancerSourceRanges"] == ["10.42.0.0/16"]
-    public = service(make_spec(internet_facing=True, source_ranges=("203.0.113.0/24",)))
-    assert "service.beta.kubernetes.io/aws-load-balancer-internal" not in public["metadata"]["annotations"]
-    assert public["spec"]["loadBalancerSourceRanges"] == ["203.0.113.0/24"]
+def test_load_balancer_states_its_scheme_internal_unless_asked():
+    for variant in ENDPOINT_VARIANTS.values():
+        internal = service(make_spec(**variant))
+        assert internal["metadata"]["annotations"][f"{LB}-scheme"] == "internal"
+        assert internal["spec"]["loadBalancerSourceRanges"] == ["10.42.0.0/16"]
+        public = service(make_spec(internet_facing=True, source_ranges=("203.0.113.0/24",), **variant))
+        assert public["metadata"]["annotations"][f"{LB}-scheme"] == "internet-facing"
+        assert f"{LB}-internal" not in public["metadata"]["annotations"]
+        assert public["spec"]["loadBalancerSourceRanges"] == ["203.0.113.0/24"]
+
+
+def test_the_controller_registers_pods_and_health_checks_the_gateway():
+    svc = service(make_spec())
+    annotations = svc["metadata"]["annotations"]
+    assert svc["spec"]["loadBalancerClass"] == "service.k8s.aws/nlb"
+    assert svc["spec"]["allocateLoadBalancerNodePorts"] is False
+    assert annotations[f"{LB}-nlb-target-type"] == "ip"
+    assert (
+        annotations[f"{LB}-healthcheck-path"],
+        annotations[f"{LB}-healthcheck-protocol"],
+        annotations[f"{LB}-healthcheck-port"],
+    ) == ("/health", "HTTPS", "traffic-port")
+    # The gateway's per-address limit and the NetworkPolicy's source ranges see real clients.
+    assert "preserve_client_ip.enabled=true" in annotations[f"{LB}-target-group-attributes"]
+    assert f"{LB}-ssl-cert" not in annotations  # the pods terminate TLS: the NLB passes TCP
+    # An NLB health check's timeout must be below its interval.
+    assert int(annotations[f"{LB}-healthcheck-timeout"]) < int(annotations[f"{LB}-healthcheck-interval"])
+    plain = service(make_spec(tls="off"))
+    assert plain["metadata"]["annotations"][f"{LB}-healthcheck-protocol"] == "HTTP"
+    assert plain["spec"]["ports"][0]["port"] == 80
+
+
+def test_acm_certificate_is_presented_by_the_nlb_which_re_encrypts_to_the_gateway():
+    spec = make_spec(tls="acm", certificate_arn=ACM_ARN)
+    annotations = service(spec)["metadata"]["annotations"]
+    assert annotations[f"{LB}-ssl-cert"] == ACM_ARN
+    assert annotations[f"{LB}-ssl-ports"] == "https"
+    assert annotations[f"{LB}-backend-protocol"] == "ssl"
+    assert annotations[f"{LB}-ssl-negotiation-policy"].startswith("ELBSecurityPolicy-TLS13")
+    assert spec.gateway.tls  # the pod still speaks TLS only
+
+
+def test_an_existing_cluster_gets_a_service_either_controller_reads_right():
+    svc = service(make_spec(load_balancer_controller=False))
+    annotations = svc["metadata"]["annotations"]
+    assert "loadBalancerClass" not in svc["spec"]
+    assert annotations[f"{LB}-type"] == "nlb"
+    assert annotations[f"{LB}-internal"] == "true"  # the legacy controller's spelling
+    assert annotations[f"{LB}-scheme"] == "internal"  # the AWS Load Balancer Controller's
+    assert svc["spec"]["externalTrafficPolicy"] == "Local"
+
+
+def test_gateway_mounts_its_certificate_and_reloads_when_it_changes():
+    spec = make_spec()
+    pod = deployment(spec, pod_annotations={})["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["gateway-tls"]["secret"]["secretName"] == spec.names.tls_secret
+    gateway_container = containers({"spec": {"template": {"spec": pod}}})["api-gateway"]
+    assert {"name": "gateway-tls", "mountPath": "/etc/nginx/tls", "readOnly": True} in gateway_container[
+        "volumeMounts"
+    ]
+    assert "/etc/nginx/tls/tls.crt" in gateway_container["command"][2]
+    assert tls_secret(spec, "c", "k")["type"] == "kubernetes.io/tls"
+    plain_pod = deployment(make_spec(tls="off"), pod_annotations={})["spec"]["template"]["spec"]
+    assert "gateway-tls" not in {v["name"] for v in plain_pod["volumes"]}
+
+
+@pytest.mark.parametrize(
+    ("changes", "words"),
+    [
+        ({"tls": "off", "gateway": gateway.GatewaySettings()}, "disagrees with the gateway"),
+        ({"tls": "acm"}, "certificate_arn goes with tls 'acm'"),
+        ({"certificate_arn": ACM_ARN}, "certificate_arn goes with tls 'acm'"),
+    ],
+)
+def test_a_spec_whose_tls_settings_disagree_is_refused(changes, words):
+    with pytest.raises(ValueError, match=words):
+        make_spec(**changes)
 
 
 def test_options_config_map_holds_the_rendered_options():
