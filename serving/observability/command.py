@@ -5,7 +5,9 @@ startup timeout in the rules are the stack's own. Writes, by default under `buil
 
 - `dashboard.json`: the Grafana dashboard (import it: docs/observability.md);
 - `alerts.yaml`: the Prometheus rules file, with runbooks (`promtool check rules` accepts it);
-- `dcgm-counters.csv`: the counters file dcgm-exporter needs for every GPU series the stack uses.
+- `dcgm-counters.csv`: the counters file dcgm-exporter needs for every GPU series the stack uses;
+- `scrape-config.yaml`: the four scrape jobs with Kubernetes service discovery, for Amazon
+  Managed Prometheus's scraper or an in-cluster Prometheus (`promtool check config` accepts it).
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ from serving.observability.alerts import AlertSettings, render_rules_yaml
 from serving.observability.catalogue import render_dcgm_counters_csv
 from serving.observability.dashboard import render_dashboard_json
 from serving.observability.queries import Scope
+from serving.observability.scrape import render_scrape_config_yaml
 from serving.workload.manifests import APP_NAME, GATEWAY_CONTAINER, SERVER_CONTAINER
 
 DASHBOARD_FILE = "dashboard.json"
 ALERTS_FILE = "alerts.yaml"
 DCGM_COUNTERS_FILE = "dcgm-counters.csv"
+SCRAPE_CONFIG_FILE = "scrape-config.yaml"
 
 
 def write_observability(stack: str, out: Path, scope: Scope, alert_settings: AlertSettings) -> list[Path]:
@@ -35,6 +39,7 @@ def write_observability(stack: str, out: Path, scope: Scope, alert_settings: Ale
             scope, alert_settings, group_name=f"gpt-oss-{stack}", extra_labels={"stack": stack}
         ),
         DCGM_COUNTERS_FILE: render_dcgm_counters_csv(),
+        SCRAPE_CONFIG_FILE: render_scrape_config_yaml(scope),
     }
     written = []
     for name, text in files.items():

@@ -77,7 +77,8 @@ def test_the_command_writes_dashboard_rules_and_dcgm_counters_for_the_stack(
     out = tmp_path / "build" / "prod"
     assert main(["observability", "--stack", "prod", "--out", str(out), "--ttft-slo-seconds", "1.5"]) == 0
     assert capsys.readouterr().out.split() == [
-        str(out / name) for name in ("dashboard.json", "alerts.yaml", "dcgm-counters.csv")
+        str(out / name)
+        for name in ("dashboard.json", "alerts.yaml", "dcgm-counters.csv", "scrape-config.yaml")
     ]
     assert json.loads((out / "dashboard.json").read_text()) == DOCUMENT
     rules = yaml.safe_load((out / "alerts.yaml").read_text())["groups"][0]
@@ -86,6 +87,7 @@ def test_the_command_writes_dashboard_rules_and_dcgm_counters_for_the_stack(
     assert by_name["GptOssTtftAboveSlo"]["expr"].endswith("> 1.5")
     assert by_name["GptOssNoReadyReplica"]["labels"] == {"severity": "critical", "stack": "prod"}
     assert "DCGM_FI_DEV_ECC_DBE_VOL_TOTAL, counter" in (out / "dcgm-counters.csv").read_text()
+    assert yaml.safe_load((out / "scrape-config.yaml").read_text())["global"]["scrape_interval"] == "30s"
 
 
 def test_the_command_reads_the_namespace_and_startup_timeout_from_the_stack(tmp_path: Path) -> None:
