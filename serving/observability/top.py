@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -64,7 +65,7 @@ class PrometheusClient:
                 url, params={"query": expr}, headers=headers, timeout=QUERY_TIMEOUT_SECONDS
             )
         except requests.RequestException as error:
-            raise PrometheusError(f"cannot reach Prometheus at {self.url}: {_first_line(error)}") from None
+            raise PrometheusError(f"cannot reach Prometheus at {self.url}: {_reason(error)}") from None
         try:
             body: Any = response.json()
         except ValueError:
@@ -82,8 +83,15 @@ class PrometheusClient:
         return _samples(body.get("data") or {})
 
 
-def _first_line(error: BaseException) -> str:
-    return str(error).splitlines()[0] if str(error) else type(error).__name__
+def _reason(error: requests.RequestException) -> str:
+    """The cause in a few words: requests' message repeats the whole URL, query and all."""
+    if isinstance(error, requests.Timeout):
+        return f"no answer within {QUERY_TIMEOUT_SECONDS:g} s"
+    text = str(error)
+    cause = re.search(r"\[Errno -?\d+\] ([^'\")]+)", text)
+    if cause:
+        return cause.group(1).strip().lower()
+    return (text.splitlines()[0] if text else type(error).__name__)[:200]
 
 
 def _samples(data: dict[str, Any]) -> list[Sample]:

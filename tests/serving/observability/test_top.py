@@ -114,6 +114,7 @@ def test_unreachable_prometheus_is_one_line_and_exit_1(capsys: pytest.CaptureFix
     err = capsys.readouterr().err
     assert code == top.EXIT_UNREACHABLE and out == ""
     assert err.startswith("error: cannot reach Prometheus at http://127.0.0.1:") and err.count("\n") == 1
+    assert err.endswith(": connection refused\n")  # not requests' whole message with the query in it
     assert "Traceback" not in err
 
 
