@@ -23,6 +23,7 @@ import math
 import re
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,12 +59,12 @@ class PrometheusClient:
 
     def query(self, expr: str) -> list[Sample]:
         """An instant query's vector (a scalar becomes one sample without labels)."""
-        url = f"{self.url}/api/v1/query"
-        headers = self._sign(url, {"query": expr}) if self._sign else {}
+        # Encoded once, here, the way SigV4 wants it (%20, not +), and sent exactly as signed.
+        query_string = urllib.parse.urlencode({"query": expr}, quote_via=urllib.parse.quote, safe="")
+        url = f"{self.url}/api/v1/query?{query_string}"
+        headers = self._sign(url) if self._sign else {}
         try:
-            response = self.session.get(
-                url, params={"query": expr}, headers=headers, timeout=QUERY_TIMEOUT_SECONDS
-            )
+            response = self.session.get(url, headers=headers, timeout=QUERY_TIMEOUT_SECONDS)
         except requests.RequestException as error:
             raise PrometheusError(f"cannot reach Prometheus at {self.url}: {_reason(error)}") from None
         try:
@@ -103,7 +104,7 @@ def _samples(data: dict[str, Any]) -> list[Sample]:
     return [Sample(dict(item.get("metric", {})), float(item["value"][1])) for item in result]
 
 
-def _sigv4_signer(region: str) -> Callable[[str, dict[str, str]], dict[str, str]]:
+def _sigv4_signer(region: str) -> Callable[[str], dict[str, str]]:
     try:
         from botocore.auth import SigV4Auth
         from botocore.awsrequest import AWSRequest
@@ -117,8 +118,8 @@ def _sigv4_signer(region: str) -> Callable[[str, dict[str, str]], dict[str, str]
     if credentials is None:
         raise PrometheusError("--sigv4: no AWS credentials found (set AWS_PROFILE, or run aws sso login)")
 
-    def sign(url: str, params: dict[str, str]) -> dict[str, str]:
-        request = AWSRequest(method="GET", url=url, params=params)
+    def sign(url: str) -> dict[str, str]:
+        request = AWSRequest(method="GET", url=url)
         SigV4Auth(credentials.get_frozen_credentials(), "aps", region).add_auth(request)
         return dict(request.headers.items())
 

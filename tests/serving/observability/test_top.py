@@ -49,13 +49,15 @@ HEALTHY: dict[str, dict[str, Any]] = {
 class FakePrometheus:
     def __init__(self, answer: Answer) -> None:
         self.seen: list[str] = []
-        seen = self.seen
+        self.requests: list[tuple[str, dict[str, str]]] = []  # (path with query, headers) as received
+        seen, received = self.seen, self.requests
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 url = urlparse(self.path)
                 expr = parse_qs(url.query).get("query", [""])[0]
                 seen.append(expr)
+                received.append((self.path, dict(self.headers.items())))
                 status, body = answer(expr) if url.path == "/api/v1/query" else (404, "404 page not found")
                 data = (json.dumps(body) if not isinstance(body, str) else body).encode()
                 self.send_response(status)
@@ -195,3 +197,33 @@ def test_refreshing_keeps_going_after_a_blip_and_stops_on_ctrl_c(
     assert sleeps == [2.0, 2.0]
     assert "(refresh failed: cannot reach Prometheus at x: refused)" in out
     assert out.count("replicas ready") == 2
+
+
+def test_sigv4_signs_exactly_the_request_it_sends(
+    prometheus: FakePrometheus, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The signature the stand-in receives is the one botocore computes for what arrived."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    client = top.PrometheusClient(prometheus.url, sigv4_region="us-east-1")
+    assert client.query(QUERIES.replicas_available.expr)
+    path, headers = prometheus.requests[-1]
+    assert "+" not in path.split("?", 1)[1]  # spaces as %20, as SigV4 canonicalises them
+    authorization = headers["Authorization"]
+    assert authorization.startswith("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/")
+    assert "/us-east-1/aps/aws4_request" in authorization
+    replay = AWSRequest(
+        method="GET", url=prometheus.url + path, headers={"X-Amz-Date": headers["X-Amz-Date"]}
+    )
+    replay.context["timestamp"] = headers["X-Amz-Date"]
+    signer = SigV4Auth(
+        Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"), "aps", "us-east-1"
+    )
+    expected = signer.signature(signer.string_to_sign(replay, signer.canonical_request(replay)), replay)
+    assert authorization.endswith(f"Signature={expected}")
