@@ -24,14 +24,15 @@ WARNING = "warning"  # someone looks today: degraded, or heading for trouble
 @dataclass(frozen=True)
 class AlertSettings:
     # Time to first token, 90th percentile, seconds. 2.5 is a bucket boundary of TensorRT-LLM's
-    # TTFT histogram (…, 1.0, 2.5, 5.0, …), so the estimate at the threshold is not interpolated;
-    # about 4000-token prompts on two H100s prefill well under that when nothing queues.
+    # TTFT histogram (…, 1.0, 2.5, 5.0, …), so the estimate at the threshold is not interpolated.
+    # A starting point, not a measurement (no GPU here): set it from `serving bench` results.
     ttft_p90_slo_seconds: float = 2.5
     # Share of (non-probe) requests answered with a 5xx status.
     max_5xx_ratio: float = 0.05
     # KV-cache blocks in use; above this new requests wait for blocks to free.
     kv_cache_full_ratio: float = 0.95
-    # GPU temperature, degrees C: a margin below where an H100 starts to slow its clocks.
+    # GPU temperature, degrees C. Unverified against the board: compare with the slowdown
+    # temperature `nvidia-smi -q -d TEMPERATURE` reports on a p5 node and keep a margin below it.
     gpu_temperature_celsius: float = 85.0
     # How long the weights download (about 65 GB) may run before it counts as stuck.
     weights_download_minutes: int = 60
