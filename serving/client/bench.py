@@ -277,7 +277,7 @@ def run_requests(
 
     def session() -> requests.Session:
         if not hasattr(local, "session"):
-            local.session = requests.Session()
+            local.session = config.endpoint.session()
             with sessions_lock:
                 sessions.append(local.session)
         return local.session
@@ -319,7 +319,7 @@ def run_requests(
 
 
 def _probe_function(config: RunConfig) -> Callable[[str], int]:
-    session = requests.Session()
+    session = config.endpoint.session()
 
     def probe(text: str) -> int:
         result = stream_chat_completion(
@@ -342,7 +342,7 @@ def _probe_function(config: RunConfig) -> Callable[[str], int]:
 def preflight(config: RunConfig) -> None:
     """`/v1/models` must list the model: a server that answers under any model name would
     otherwise be benchmarked under a mistyped one, and the report would carry that name."""
-    with requests.Session() as session:
+    with config.endpoint.session() as session:
         try:
             check_models(session, config.endpoint, config.model, config.timeouts)
         except SmokeFailure as exc:
@@ -574,7 +574,7 @@ def main(args: argparse.Namespace) -> int:
         validate(args)
         extra_body = parse_extra_body(args)
         settings = resolve_settings(args)
-        endpoint = Endpoint.from_base_url(settings.base_url, settings.api_key)
+        endpoint = Endpoint.from_base_url(settings.base_url, settings.api_key, settings.ca_file)
         timeouts = timeouts_from(args)
     except (SettingsError, ValueError) as exc:
         print(f"bench FAILED: {exc}", file=sys.stderr)

@@ -1,16 +1,19 @@
 """Endpoint settings from the stack's outputs, for smoke and bench.
 
 `pulumi stack output --json --show-secrets` prints one JSON object; this stack's outputs are
-`endpoint` (base URL ending in /v1), `model` and `apiKey`. Pipe it in with `--stack-outputs -`
-or save it to a file and pass the path. Explicit `--base-url/--model/--api-key` win over it.
+`endpoint` (base URL ending in /v1), `model`, `apiKey` and, for the stack's own CA,
+`caCertificate`. Pipe it in with `--stack-outputs -` or save it to a file and pass the path.
+Explicit `--base-url/--model/--api-key/--ca-file` win over it.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -29,6 +32,7 @@ class EndpointSettings:
     base_url: str
     model: str
     api_key: str | None
+    ca_file: str | None = None  # PEM CA file to verify the endpoint's certificate against
 
 
 def read_stack_outputs(source: str, stdin: TextIO | None = None) -> dict[str, object]:
@@ -63,7 +67,13 @@ def add_endpoint_arguments(parser: argparse.ArgumentParser) -> None:
         "--stack-outputs",
         metavar="FILE|-",
         help="JSON of `pulumi stack output --json --show-secrets` (a file, or - for stdin); "
-        "supplies endpoint, model and apiKey",
+        "supplies endpoint, model, apiKey and caCertificate",
+    )
+    group.add_argument(
+        "--ca-file",
+        metavar="PEM",
+        help="CA certificate to verify an https endpoint against (default: the stack's "
+        "caCertificate output, else the system's trust store)",
     )
 
 
@@ -85,6 +95,23 @@ def resolve_settings(args: argparse.Namespace, stdin: TextIO | None = None) -> E
     for name, value in (("endpoint", base_url), ("model", model), ("apiKey", api_key)):
         if value is not None and not isinstance(value, str):
             raise SettingsError(f"stack output {name!r} is {type(value).__name__}, expected a string")
+    ca_file = args.ca_file
+    ca_certificate = outputs.get("caCertificate")
+    if ca_file is None and isinstance(ca_certificate, str) and ca_certificate.startswith("-----BEGIN"):
+        ca_file = _written_ca_file(ca_certificate)
+    if ca_file is not None and not Path(ca_file).is_file():
+        raise SettingsError(
+            f"--ca-file {ca_file!r}: no such file (save it with `pulumi stack output caCertificate`)"
+        )
     return EndpointSettings(
-        base_url=str(base_url), model=str(model), api_key=str(api_key) if api_key else None
+        base_url=str(base_url), model=str(model), api_key=str(api_key) if api_key else None, ca_file=ca_file
     )
+
+
+def _written_ca_file(pem: str) -> str:
+    """The stack's CA certificate as a file (what an HTTP client verifies against), removed at exit."""
+    handle, path = tempfile.mkstemp(prefix="gpt-oss-ca-", suffix=".pem")
+    with os.fdopen(handle, "w") as file:
+        file.write(pem)
+    atexit.register(lambda: Path(path).unlink(missing_ok=True))
+    return path

@@ -98,7 +98,7 @@ def check_models(session: requests.Session, endpoint: Endpoint, model: str, time
 
 def run_smoke(endpoint: Endpoint, model: str, timeouts: Timeouts, max_tokens: int = 64) -> SmokeReport:
     """Run the three checks; raise SmokeFailure at the first that fails."""
-    with requests.Session() as session:
+    with endpoint.session() as session:
         check_health(session, endpoint, timeouts)
         served = check_models(session, endpoint, model, timeouts)
         result = stream_chat_completion(
@@ -147,7 +147,7 @@ def timeouts_from(args: argparse.Namespace) -> Timeouts:
 def main(args: argparse.Namespace) -> int:
     try:
         settings = resolve_settings(args)
-        endpoint = Endpoint.from_base_url(settings.base_url, settings.api_key)
+        endpoint = Endpoint.from_base_url(settings.base_url, settings.api_key, settings.ca_file)
         timeouts = timeouts_from(args)
     except (SettingsError, ValueError) as exc:
         print(f"smoke FAILED: {exc}", file=sys.stderr)

@@ -43,9 +43,12 @@ class Endpoint:
 
     root: str
     api_key: str | None = None
+    # The CA file to verify the server's certificate against (the stack's `caCertificate`);
+    # None: the system's trust store.
+    ca_file: str | None = None
 
     @classmethod
-    def from_base_url(cls, base_url: str, api_key: str | None = None) -> Endpoint:
+    def from_base_url(cls, base_url: str, api_key: str | None = None, ca_file: str | None = None) -> Endpoint:
         """Accepts the server root (`http://host:8000`) or the API base (`http://host:8000/v1`)."""
         url = base_url.strip().rstrip("/")
         if not url.startswith(("http://", "https://")):
@@ -55,7 +58,11 @@ class Endpoint:
             )
         if url.endswith("/v1"):
             url = url[: -len("/v1")]
-        return cls(root=url, api_key=api_key or None)
+        return cls(root=url, api_key=api_key or None, ca_file=ca_file or None)
+
+    def session(self) -> requests.Session:
+        """An HTTP session that verifies the server against `ca_file` (TLS), when one is set."""
+        return _PinnedCaSession(self.ca_file) if self.ca_file else requests.Session()
 
     @property
     def api_base(self) -> str:
@@ -66,6 +73,21 @@ class Endpoint:
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         return headers
+
+
+class _PinnedCaSession(requests.Session):
+    """A session whose CA file wins over REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE: plain requests lets
+    those variables override a session's `verify` (psf/requests issue 3829), and many machines
+    set them to the system bundle, which does not hold the stack's CA."""
+
+    def __init__(self, ca_file: str) -> None:
+        super().__init__()
+        self.verify = ca_file
+
+    def merge_environment_settings(self, url, proxies, stream, verify, cert):
+        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        settings["verify"] = self.verify
+        return settings
 
 
 @dataclass(frozen=True)

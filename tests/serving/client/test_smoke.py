@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -125,3 +127,43 @@ def test_smoke_refuses_hidden_secrets_and_bad_stack_outputs(tmp_path: Path, caps
     assert "not JSON" in capsys.readouterr().err
     assert cli_main(["smoke", "--model", "m"]) == 2
     assert "no endpoint: pass --base-url URL" in capsys.readouterr().err
+
+
+def test_smoke_verifies_the_stack_ca_through_the_tls_gateway(openai_server, monkeypatch, capsys) -> None:
+    """The deployed shape: the real model server behind the real gateway (TLS, the stack CA's
+    certificate for the region's NLB names), called with the stack outputs, caCertificate included."""
+    from serving.workload.certificates import endpoint_certificate_names
+    from tests.support.certificates import issue_server_certificate, new_authority
+    from tests.support.nginx_runner import start_nginx
+
+    nlb = "k8s-gptoss-gptoss-0123456789.elb.us-east-1.amazonaws.com"
+    authority = new_authority()
+    names = endpoint_certificate_names(
+        service="gpt-oss", namespace="gpt-oss", region="us-east-1", hostname=None
+    )
+    key = "k" * 43
+    gateway = start_nginx(openai_server.port, [key], certificate=issue_server_certificate(authority, names))
+    real_getaddrinfo = socket.getaddrinfo
+    # DNS is the one thing not real: the NLB's name points at the loopback gateway.
+    monkeypatch.setattr(
+        socket,
+        "getaddrinfo",
+        lambda host, *a, **k: real_getaddrinfo("127.0.0.1" if host == nlb else host, *a, **k),
+    )
+    outputs = {
+        "endpoint": f"https://{nlb}:{gateway.settings.listen_port}/v1",
+        "model": openai_server.model,
+        "apiKey": key,
+        "caCertificate": authority.certificate_pem,
+    }
+    try:
+        monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps(outputs)))
+        assert cli_main(["smoke", "--stack-outputs", "-"]) == 0, capsys.readouterr().err
+        assert "ok: streamed chat completion" in capsys.readouterr().out
+        # Without the CA, the system's trust store does not know the stack's CA: refused, clearly.
+        without_ca = {k: v for k, v in outputs.items() if k != "caCertificate"}
+        monkeypatch.setattr(sys, "stdin", io.StringIO(json.dumps(without_ca)))
+        assert cli_main(["smoke", "--stack-outputs", "-"]) == 1
+        assert "CERTIFICATE_VERIFY_FAILED" in capsys.readouterr().err
+    finally:
+        gateway.stop()
