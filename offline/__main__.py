@@ -10,6 +10,7 @@ from offline.program import run_program
 from offline.render import check_no_secrets, render_tree, write_plan
 from serving.config.project import PROJECT_DIR, add_stack_arguments, parse_assignments, stack_file
 from serving.config.settings import SettingsError
+from serving.runtime.coldstart import render_cold_start
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     tree = render_tree(result)
     check_no_secrets(result, tree, "the terminal")
     print(tree, end="")
+    # What a new or replaced GPU node costs in time before it serves: modelled, not measured.
+    print("\n" + render_cold_start(), end="")
     written = write_plan(result, args.out)
     print(f"\nWrote {len(written)} files under {args.out / result.stack}/")
     return 0

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from offline.program import SECRET_MARK, PlannedResource, PlanResult
+from serving.runtime.coldstart import render_cold_start
 
 OPTIONS_FILE = "extra-llm-api-options.yaml"
 
@@ -342,8 +343,13 @@ def check_no_secrets(plan: PlanResult, text: str, where: str) -> None:
             raise SecretLeakError(f"a secret value would be written to {where}; refusing")
 
 
+# How long a new GPU node takes to serve (modelled): what a scale-up or a replaced node costs.
+COLD_START_FILE = "cold-start.md"
+
+
 def write_plan(plan: PlanResult, out_dir: Path) -> list[Path]:
-    """Write build/<stack>/: kubernetes/*.yaml, the TensorRT-LLM options file and plan.json."""
+    """Write build/<stack>/: kubernetes/*.yaml, the TensorRT-LLM options file, plan.json, plan.txt
+    and the modelled cold-start budget."""
     target = out_dir / plan.stack
     kube_dir = target / "kubernetes"
     kube_dir.mkdir(parents=True, exist_ok=True)
@@ -358,6 +364,7 @@ def write_plan(plan: PlanResult, out_dir: Path) -> list[Path]:
         files[target / OPTIONS_FILE] = options
     files[target / "plan.json"] = json.dumps(plan_document(plan), indent=2) + "\n"
     files[target / "plan.txt"] = render_tree(plan)
+    files[target / COLD_START_FILE] = render_cold_start()
 
     for path, text in files.items():
         check_no_secrets(plan, text, str(path))

@@ -42,6 +42,12 @@ def test_plan_command_prints_the_tree_and_outputs(cli_run):
     assert "kubernetes:apps/v1:DaemonSet  nvidia-device-plugin-daemonset" in text
     assert "Outputs:" in text and "apiKey: [secret]" in text and "kubeconfig: [secret]" in text
     assert "model: openai/gpt-oss-120b" in text
+    # The lifecycle a plan must show: the https endpoint, the version and its support date, the
+    # update strategy and the quota it needs, and how long a new GPU node takes to serve.
+    assert "endpoint: https://" in text and "caCertificate: <certificate (PEM)" in text
+    assert "kubernetesStandardSupportUntil: 2027-03-27" in text and "gpuUpdateStrategy: MINIMAL" in text
+    assert "gpuVcpuQuotaNeeded: 192" in text
+    assert "Cold start, modelled" in text and "| **total** |" in text
 
 
 def test_plan_command_writes_objects_options_and_plan_json(cli_run):
@@ -56,6 +62,7 @@ def test_plan_command_writes_objects_options_and_plan_json(cli_run):
                 assert all(v == SECRET_MARK for v in (obj.get(field) or {}).values())
     options = yaml.safe_load((target / "extra-llm-api-options.yaml").read_text())
     assert options["kv_cache_config"]["free_gpu_memory_fraction"] == 0.8
+    assert "weights downloaded" in (target / "cold-start.md").read_text()
     assert options["tensor_parallel_size"] == 2
     document = json.loads((target / "plan.json").read_text())
     types = {r["type"] for r in document["resources"]}
