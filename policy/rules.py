@@ -662,8 +662,11 @@ GATEWAY_CONFIG_KEY = "nginx.conf"
 
 
 def _gateway_terminates_tls(nginx_conf: str) -> bool:
+    """Every listener a client can reach speaks TLS (a loopback-only one, such as a status page
+    for the pod's own exporter, is not reachable from outside the pod)."""
     listens = [line.split() for line in nginx_conf.splitlines() if line.strip().startswith("listen ")]
-    return bool(listens) and all("ssl;" in words or "ssl" in words for words in listens)
+    reachable = [words for words in listens if not words[1].startswith(("127.", "[::1]", "localhost"))]
+    return bool(reachable) and all("ssl;" in words or "ssl" in words for words in reachable)
 
 
 def validate_endpoint_tls(args: StackValidationArgs, report_violation: ReportViolation) -> None:

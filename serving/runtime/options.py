@@ -50,6 +50,15 @@ TEMPLATE_OPTIONS: dict[str, Any] = {
     "moe_config": {"backend": "TRITON"},
 }
 
+# What the metrics need (FACTS.md, TensorRT-LLM 1.2.1): request-level Prometheus series on
+# /prometheus/metrics, and the iteration stats (running and queued requests, KV blocks, GPU
+# memory) on /metrics, which the pod's exporter alone reads. Not tuning: merged after the
+# template, under the stack's own trtllmOptions, which may turn them off.
+SERVER_METRICS_OPTIONS: dict[str, Any] = {
+    "return_perf_metrics": True,
+    "enable_iter_perf_stats": True,
+}
+
 # The LLM-API fields that name the model repository's revision (weights and tokenizer).
 REVISION_OPTIONS = ("revision", "tokenizer_revision")
 
@@ -159,7 +168,7 @@ def build_runtime(
             f"revision = {revision!r}: a full commit hash of the model repository (40 hex digits), "
             "so that every node downloads and serves the same weights; a branch such as main moves"
         )
-    options = merge_options(TEMPLATE_OPTIONS, overrides or {})
+    options = merge_options(merge_options(TEMPLATE_OPTIONS, SERVER_METRICS_OPTIONS), overrides or {})
     if revision is not None:
         options.update(dict.fromkeys(REVISION_OPTIONS, revision))
     problems += _check_known_fields(options, schema.TOP_LEVEL, path="")

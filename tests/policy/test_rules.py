@@ -739,3 +739,11 @@ def test_policy_pack_over_grpc_refuses_an_unpinned_image(analyzer: Any):
         properties=_struct(pinned["props"]),
     )
     assert list(analyzer.Analyze(request, timeout=30).diagnostics) == []
+
+
+def test_a_loopback_status_listener_beside_the_tls_one_is_not_plain_http():
+    stack = [s for s in compliant_stack() if s["name"] != "api-gateway-config"]
+    status = gateway_config_map("listen 8443 ssl;\n        listen 127.0.0.1:8081;")
+    assert names(check([*stack, status]), "endpoint-uses-tls") == []
+    exposed = gateway_config_map("listen 8443 ssl;\n        listen 8081;")
+    assert names(check([*stack, exposed]), "endpoint-uses-tls") == ["endpoint"]
