@@ -63,6 +63,24 @@ GATEWAY_TLS_PROTOCOLS = ("TLSv1.2", "TLSv1.3")
 # A memory-backed emptyDir here lets the container run with a read-only root filesystem.
 GATEWAY_TMP_DIR = "/tmp"
 
+# --- Metrics (read by the pod's metrics exporter, serving/observability/exporter.py) ---------------
+
+# nginx OSS has no Prometheus module, so the gateway's series are made by the exporter beside it,
+# from two loopback inputs. Neither is a pod port: the exporter serves the series on its own 9109.
+# 1. One compact JSON line per request (route, status, key fingerprint, duration), sent as syslog
+#    over UDP to the exporter (`access_log syslog:`), besides the stdout access log. UDP: nginx
+#    never waits for the exporter, and a missing exporter costs the gateway nothing.
+GATEWAY_METRICS_SYSLOG_PORT = 5514
+GATEWAY_METRICS_SYSLOG_SERVER = f"127.0.0.1:{GATEWAY_METRICS_SYSLOG_PORT}"
+# The syslog tag the exporter expects before the JSON (nginx: `tag=`; letters, digits, '_').
+GATEWAY_METRICS_SYSLOG_TAG = "gateway"
+# 2. nginx's stub_status (connections being read, written, idle) on a loopback-only listener.
+GATEWAY_STATUS_PORT = 8081
+GATEWAY_STATUS_PATH = "/stub_status"
+GATEWAY_STATUS_URL = f"http://127.0.0.1:{GATEWAY_STATUS_PORT}{GATEWAY_STATUS_PATH}"
+# The route label's values: the allowlisted paths (below) and this one for every other path.
+OTHER_ROUTE_LABEL = "other"
+
 # `daemon off;` is given on the command line, not in the file, so the same file also serves the
 # test runner and `nginx -t` (nginx rejects the directive twice).
 GATEWAY_NGINX_COMMAND = ("nginx", "-c", GATEWAY_CONFIG_MOUNT_PATH, "-g", "daemon off;")
@@ -121,6 +139,10 @@ API_KEY_PATTERN = re.compile(r"[A-Za-z0-9_-]+")
 
 # The nginx variable that the key map sets: the matching key's fingerprint, or "" for no match.
 API_KEY_FINGERPRINT_VARIABLE = "$api_key_fingerprint"
+
+
+# An IPv4 address and a UDP port: nothing nginx would resolve, nothing that could end the directive.
+_IPV4_AND_PORT = re.compile(r"(?:\d{1,3}\.){3}\d{1,3}:[1-9]\d{0,4}")
 
 
 class ApiKeyError(ValueError):
@@ -221,12 +243,30 @@ class GatewaySettings:
     # On SIGQUIT (the image's STOPSIGNAL) nginx stops accepting and lets running streams finish
     # for up to this long; the pod's terminationGracePeriodSeconds must be longer.
     shutdown_timeout_seconds: int = 600
+    # Where nginx sends each request's metrics line (syslog over UDP, an IPv4 address and port):
+    # the pod's metrics exporter (`--gateway-syslog`). "" sends none. The line holds the route
+    # (an allowlisted path or "other"), the status, the key's fingerprint and the duration: never
+    # the key, the query string or a path the client chose.
+    metrics_syslog_server: str = GATEWAY_METRICS_SYSLOG_SERVER
+    # nginx's stub_status on 127.0.0.1:<this port> only (never the pod IP), for the exporter's
+    # `--gateway-status-url`; 0 leaves the listener out.
+    status_port: int = GATEWAY_STATUS_PORT
 
     def __post_init__(self) -> None:
         for name in ("listen_port", "upstream_port"):
             port = getattr(self, name)
             if not 1 <= port <= 65535:
                 raise ValueError(f"GatewaySettings.{name}={port} is not a TCP port; use 1..65535")
+        if not 0 <= self.status_port <= 65535 or self.status_port in (self.listen_port, self.upstream_port):
+            raise ValueError(
+                f"GatewaySettings.status_port={self.status_port} must be 0 (off) or a TCP port other "
+                "than the listener's and the upstream's"
+            )
+        if self.metrics_syslog_server and not _IPV4_AND_PORT.fullmatch(self.metrics_syslog_server):
+            raise ValueError(
+                f"GatewaySettings.metrics_syslog_server={self.metrics_syslog_server!r} must be an "
+                "IPv4 address and a port, such as 127.0.0.1:5514, or empty for none"
+            )
         for name in (
             "worker_processes",
             "worker_connections",
@@ -520,6 +560,74 @@ def _access_log_format() -> str:
     return "{" + fields + "}"
 
 
+# The nginx variable holding the route label: the allowlisted path the request asked for, exactly
+# as `location =` matches it (case-sensitive), or OTHER_ROUTE_LABEL. A fixed set of values, so a
+# client cannot make the exporter create a series per path it invents.
+GATEWAY_ROUTE_VARIABLE = "$gateway_route"
+# Fields of one metrics line (to the exporter over syslog): four values from fixed or bounded
+# sets. No key, no query string, no path the client chose, no address.
+METRICS_LOG_FIELDS = (
+    ("route", GATEWAY_ROUTE_VARIABLE),
+    ("status", "$status"),
+    ("key_fingerprint", API_KEY_FINGERPRINT_VARIABLE),
+    ("seconds", "$request_time"),
+)
+
+
+def metrics_route_labels() -> tuple[str, ...]:
+    """Every value the route label can take: /health, the OpenAI routes, then "other"."""
+    return (HEALTH_ROUTE[1], *(path for _, path in OPENAI_ROUTES), OTHER_ROUTE_LABEL)
+
+
+def _metrics_log_format() -> str:
+    fields = ",".join(f'"{name}":"{variable}"' for name, variable in METRICS_LOG_FIELDS)
+    return "{" + fields + "}"
+
+
+def _metrics_directives(settings: GatewaySettings) -> str:
+    """The route map and the syslog line for the exporter; empty when metrics_syslog_server is ""."""
+    if not settings.metrics_syslog_server:
+        return ""
+    # A regex (`~`) entry is matched case-sensitively; a plain map string would not be, and would
+    # label /V1/MODELS (a 404 here) as /v1/models.
+    routes = "\n".join(
+        f'        "~^{path}$" {path};' for path in metrics_route_labels() if path != OTHER_ROUTE_LABEL
+    )
+    return f"""\
+    # The route label for the metrics line: an allowlisted path, or "other" for any other path.
+    map $uri {GATEWAY_ROUTE_VARIABLE} {{
+        default {OTHER_ROUTE_LABEL};
+{routes}
+    }}
+    # One line per request to the pod's metrics exporter, over UDP on loopback (nginx does not
+    # wait for it). Route, status, key fingerprint, duration: no key, no query string.
+    log_format gateway_metrics escape=json '{_metrics_log_format()}';
+    access_log syslog:server={settings.metrics_syslog_server},tag={GATEWAY_METRICS_SYSLOG_TAG},nohostname gateway_metrics;
+
+"""
+
+
+def _status_server(settings: GatewaySettings) -> str:
+    """nginx's stub_status on a loopback-only listener for the exporter; empty when status_port is 0."""
+    if not settings.status_port:
+        return ""
+    return f"""
+    # Connection counters (stub_status) for the pod's metrics exporter, on loopback only: never
+    # on the pod IP, so neither the Service nor the scraper reaches it.
+    server {{
+        listen 127.0.0.1:{settings.status_port};
+        # The exporter's reads are not requests to count or log.
+        access_log off;
+        location = {GATEWAY_STATUS_PATH} {{
+            stub_status;
+        }}
+        location / {{
+            return 404;
+        }}
+    }}
+"""
+
+
 def _openai_location(method: str, path: str) -> str:
     """One allowed OpenAI route: exact path, one method, then the key, then the proxy."""
     return f"""\
@@ -600,7 +708,7 @@ http {{
     log_format gateway escape=json '{_access_log_format()}';
     access_log {s.access_log_path} gateway;
 
-    # Compression would hold server-sent events back until a compressed block fills up.
+{_metrics_directives(settings)}    # Compression would hold server-sent events back until a compressed block fills up.
     gzip off;
 
     # The longest prompt (98304 tokens) as escaped JSON, plus the chat envelope.
@@ -719,6 +827,6 @@ http {{
             return 429 '{TOO_MANY_CONNECTIONS_BODY}';
         }}
     }}
-}}
+{_status_server(settings)}}}
 """
     return text

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from serving.workload.gateway import (
+    GATEWAY_STATUS_PATH,
     GatewaySettings,
     render_api_key_map,
     render_entrypoint_script,
@@ -74,6 +75,18 @@ def free_loopback_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def free_loopback_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def metrics_overrides(syslog_port: int) -> dict[str, Any]:
+    """GatewaySettings overrides that turn the metrics on as in the pod: the syslog line to
+    127.0.0.1:<syslog_port> (the exporter's --gateway-syslog) and stub_status on a free port."""
+    return {"metrics_syslog_server": f"127.0.0.1:{syslog_port}", "status_port": free_loopback_port()}
 
 
 def wait_for_port(port: int, timeout_seconds: float, process: subprocess.Popen | None = None) -> None:
@@ -148,6 +161,11 @@ def settings_for_prefix(
         error_log_path=str(prefix / "error.log"),
         # Short enough that a test's stop() never waits long for a half-read stream.
         shutdown_timeout_seconds=5,
+        # The pod sends metrics lines to its exporter and serves stub_status on 127.0.0.1:8081;
+        # here both are off unless a test turns them on (metrics_overrides), so tests running at
+        # once never share a port.
+        metrics_syslog_server="",
+        status_port=0,
     )
     return replace(settings, **dict(overrides or {}))
 
@@ -210,6 +228,13 @@ class RunningNginx:
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.settings.listen_port}"
+
+    @property
+    def status_url(self) -> str:
+        """nginx's stub_status on its loopback listener (when the settings turn it on)."""
+        if not self.settings.status_port:
+            raise RuntimeError("this nginx runs without the stub_status listener (status_port=0)")
+        return f"http://127.0.0.1:{self.settings.status_port}{GATEWAY_STATUS_PATH}"
 
     @property
     def access_log(self) -> str:

@@ -49,7 +49,9 @@ from tests.support.nginx_runner import (
     check_config,
     find_nginx,
     free_loopback_port,
+    free_loopback_udp_port,
     gateway_prefix,
+    metrics_overrides,
     settings_for_prefix,
     start_nginx,
     write_gateway_files,
@@ -467,7 +469,11 @@ def _locations(text: str) -> list[str]:
 
 
 def test_only_the_openai_routes_and_health_have_a_proxied_location() -> None:
-    text = render_nginx_conf(GatewaySettings())
+    full = render_nginx_conf(GatewaySettings())
+    # The public server only: the pod's stub_status listener (127.0.0.1 only, for the metrics
+    # exporter) is a second server block after it, checked in test_gateway_metrics.py.
+    text = full[: full.index("server {", full.index("server {") + 1)]
+    assert "listen 127.0.0.1:" in full[len(text) :] and "proxy_pass" not in full[len(text) :]
     exact = {line.split()[2] for line in _locations(text) if line.split()[1] == "="}
     assert exact == {path for _, path in (*OPENAI_ROUTES, HEALTH_ROUTE)}
     # Every proxy_pass names one of those paths: nothing is passed on under a prefix.
@@ -527,6 +533,19 @@ def test_rendered_config_passes_nginx_t() -> None:
         result = check_config(conf_path, prefix)
     assert result.returncode == 0, result.stderr
     assert "test is successful" in result.stderr
+    assert "[warn]" not in result.stderr, result.stderr
+
+
+def test_rendered_config_with_the_pods_metrics_lines_passes_nginx_t() -> None:
+    # The pod's default: the syslog line to the exporter and the loopback stub_status listener
+    # (the other tests here turn both off, so that nginx processes never share a port).
+    with gateway_prefix() as prefix:
+        overrides = metrics_overrides(free_loopback_udp_port())
+        settings = settings_for_prefix(prefix, 8000, free_loopback_port(), overrides)
+        text = write_gateway_files(prefix, settings, [new_key()]).read_text()
+        result = check_config(prefix / "nginx.conf", prefix)
+    assert "access_log syslog:server=127.0.0.1:" in text and "stub_status;" in text
+    assert result.returncode == 0, result.stderr
     assert "[warn]" not in result.stderr, result.stderr
 
 
