@@ -9,12 +9,16 @@ It runs as a sidecar beside `trtllm-serve`, which listens on the pod's loopback 
   server's request-level series from `<source>/prometheus/metrics`, relayed as they are, so a
   scraper outside the pod reaches both without the server listening beyond loopback;
 - `GET /healthz` answers 200 while the exporter runs (whatever the server's state: while the model
-  loads, `trtllm_iteration_stats_up` is 0 and the pod must not restart for it).
+  loads, `trtllm_iteration_stats_up` is 0 and the pod must not restart for it);
+- with `--gateway-syslog 127.0.0.1:5514` it also listens (UDP, one thread) for the gateway's
+  per-request syslog lines, and with `--gateway-status-url` it reads nginx's stub_status at each
+  scrape: the gateway's series (`gateway_log.py`) are served on the same `/metrics`.
 
 Nothing is served through the gateway or the load balancer, and nothing here sees a request body
 or an API key. Standard library only, for a slim image:
 
-    python -m serving.observability.exporter --source http://127.0.0.1:8000 --port 9109
+    python -m serving.observability.exporter --source http://127.0.0.1:8000 --port 9109 \
+        --gateway-syslog 127.0.0.1:5514 --gateway-status-url http://127.0.0.1:8081/stub_status
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import socket
 import sys
 import threading
 import time
@@ -32,6 +37,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
 from typing import Any
 
+from serving.observability.gateway_log import GatewayMetrics, StubStatus, parse_stub_status, render_status
 from serving.observability.iteration_stats import (
     ExporterState,
     IterationStatsError,
@@ -51,6 +57,13 @@ DEFAULT_INTERVAL_SECONDS = 5.0
 EXPOSITION_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # A body larger than this is not iteration stats of a sane queue (1000 iterations are ~1.5 MB).
 MAX_BODY_BYTES = 32 * 1024 * 1024
+# stub_status is a few lines; nginx answers it from memory.
+STATUS_TIMEOUT_SECONDS = 2.0
+MAX_STATUS_BYTES = 4096
+# Room in the kernel for a burst of the gateway's datagrams while the listener thread is busy
+# (about 200 bytes each with their headers: thousands of requests).
+SYSLOG_RECEIVE_BUFFER_BYTES = 1024 * 1024
+SYSLOG_POLL_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -60,6 +73,19 @@ class ExporterSettings:
     port: int = EXPORTER_PORT
     interval_seconds: float = DEFAULT_INTERVAL_SECONDS
     relay_request_metrics: bool = True
+    # "host:port" to receive the gateway's syslog lines on (UDP); "" for none.
+    gateway_syslog: str = ""
+    # nginx's stub_status URL on loopback; "" for none.
+    gateway_status_url: str = ""
+
+    @property
+    def gateway_syslog_address(self) -> tuple[str, int] | None:
+        if not self.gateway_syslog:
+            return None
+        host, _, port = self.gateway_syslog.rpartition(":")
+        if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"--gateway-syslog {self.gateway_syslog!r} is not host:port")
+        return host, int(port)
 
     @property
     def iteration_stats_url(self) -> str:
@@ -87,6 +113,9 @@ class Exporter:
         self._lock = threading.Lock()
         self._state = ExporterState()
         self.last_error: str | None = None
+        self.gateway = GatewayMetrics() if settings.gateway_syslog else None
+        # One stub_status read at a time: concurrent scrapes would see each other's read.
+        self._status_lock = threading.Lock()
 
     @property
     def state(self) -> ExporterState:
@@ -117,9 +146,40 @@ class Exporter:
             return "", False
         return (text if not text or text.endswith("\n") else text + "\n"), True
 
+    def gateway_status(self) -> StubStatus | None:
+        """nginx's stub_status now, or None when it cannot be read."""
+        with self._status_lock:
+            try:
+                with urllib.request.urlopen(
+                    self.settings.gateway_status_url, timeout=STATUS_TIMEOUT_SECONDS
+                ) as r:
+                    return parse_stub_status(r.read(MAX_STATUS_BYTES).decode("ascii"))
+            except (OSError, ValueError):  # URLError, a refused connection, a page that is no stub_status
+                return None
+
     def exposition(self) -> str:
         relayed, answered = self.relay_request_metrics()
-        return relayed + render_exposition(self.state, request_metrics_up=answered)
+        text = relayed + render_exposition(self.state, request_metrics_up=answered)
+        if self.gateway is not None:
+            text += self.gateway.render_requests()
+        if self.settings.gateway_status_url:
+            text += render_status(self.gateway_status())
+        return text
+
+    def receive_gateway_syslog(self, listener: socket.socket, stop: threading.Event) -> None:
+        """Count every datagram on `listener` until `stop`; a bad one is counted, never raised."""
+        assert self.gateway is not None
+        listener.settimeout(SYSLOG_POLL_SECONDS)
+        while not stop.is_set():
+            try:
+                datagram = listener.recv(65535)
+            except TimeoutError:
+                continue
+            except OSError:
+                if stop.is_set():
+                    return
+                continue
+            self.gateway.receive(datagram)
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -156,16 +216,45 @@ def make_handler(exporter: Exporter) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+def open_syslog_listener(address: tuple[str, int]) -> socket.socket:
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SYSLOG_RECEIVE_BUFFER_BYTES)
+        listener.bind(address)
+    except OSError:
+        listener.close()
+        raise
+    return listener
+
+
 def serve(settings: ExporterSettings, stop: threading.Event) -> None:
     """Poll and serve until `stop` is set."""
     exporter = Exporter(settings)
-    server = ThreadingHTTPServer((settings.listen_address, settings.port), make_handler(exporter))
+    syslog_address = settings.gateway_syslog_address
+    listener = open_syslog_listener(syslog_address) if syslog_address else None
+    try:
+        server = ThreadingHTTPServer((settings.listen_address, settings.port), make_handler(exporter))
+    except OSError:
+        if listener is not None:
+            listener.close()
+        raise
     server.daemon_threads = True
     serving = threading.Thread(target=server.serve_forever, name="http", daemon=True)
     serving.start()
+    receiving = None
+    if listener is not None:
+        receiving = threading.Thread(
+            target=exporter.receive_gateway_syslog, args=(listener, stop), name="gateway-syslog", daemon=True
+        )
+        receiving.start()
+    gateway = ""
+    if listener is not None:
+        gateway += f", gateway syslog on udp {settings.gateway_syslog}"
+    if settings.gateway_status_url:
+        gateway += f", gateway status from {settings.gateway_status_url}"
     print(
         f"serving metrics on {settings.listen_address}:{server.server_address[1]}/metrics, "
-        f"polling {settings.iteration_stats_url} every {settings.interval_seconds:g} s",
+        f"polling {settings.iteration_stats_url} every {settings.interval_seconds:g} s{gateway}",
         file=sys.stderr,
         flush=True,
     )
@@ -174,6 +263,10 @@ def serve(settings: ExporterSettings, stop: threading.Event) -> None:
     finally:
         server.shutdown()
         server.server_close()
+        if listener is not None:
+            listener.close()
+        if receiving is not None:
+            receiving.join(timeout=5)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,6 +292,20 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="do not relay <source>/prometheus/metrics",
     )
+    parser.add_argument(
+        "--gateway-syslog",
+        default="",
+        metavar="HOST:PORT",
+        help="receive the gateway's per-request syslog lines on this UDP address, e.g. 127.0.0.1:5514 "
+        "(default: off)",
+    )
+    parser.add_argument(
+        "--gateway-status-url",
+        default="",
+        metavar="URL",
+        help="read nginx's stub_status here at each scrape, e.g. http://127.0.0.1:8081/stub_status "
+        "(default: off)",
+    )
     return parser
 
 
@@ -213,7 +320,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         port=args.port,
         interval_seconds=args.interval,
         relay_request_metrics=args.relay_request_metrics,
+        gateway_syslog=args.gateway_syslog,
+        gateway_status_url=args.gateway_status_url,
     )
+    try:
+        settings.gateway_syslog_address  # noqa: B018 (validates the argument before anything starts)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     stop = threading.Event()
 
     def _stop(signum: int, frame: FrameType | None) -> None:
@@ -224,7 +338,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         serve(settings, stop)
     except OSError as error:
-        print(f"error: cannot listen on {settings.listen_address}:{settings.port}: {error}", file=sys.stderr)
+        print(
+            f"error: cannot listen on {settings.listen_address}:{settings.port} (or the gateway syslog "
+            f"address {settings.gateway_syslog or '-'}): {error}",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

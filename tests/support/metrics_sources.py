@@ -169,13 +169,20 @@ class IterationQueue:
 Route = Callable[[], tuple[str, bytes]]
 
 
-class LoopbackMetricsServer:
-    """A ThreadingHTTPServer on 127.0.0.1 answering GET for a few paths."""
+# A POST route gets the handler (to stream its answer) and the request body.
+PostRoute = Callable[[BaseHTTPRequestHandler, bytes], None]
 
-    def __init__(self, routes: dict[str, Route]) -> None:
+
+class LoopbackMetricsServer:
+    """A ThreadingHTTPServer on 127.0.0.1 answering GET (and, if given, POST) for a few paths."""
+
+    def __init__(self, routes: dict[str, Route], post_routes: dict[str, PostRoute] | None = None) -> None:
         self.routes = routes
+        posts = dict(post_routes or {})
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
             def do_GET(self) -> None:
                 route = routes.get(self.path.split("?", 1)[0])
                 if route is None:
@@ -187,6 +194,14 @@ class LoopbackMetricsServer:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                route = posts.get(self.path.split("?", 1)[0])
+                if route is None:
+                    self.send_error(404)
+                    return
+                route(self, body)
 
             def log_message(self, format: str, *args: Any) -> None:
                 return
@@ -213,16 +228,63 @@ def text_route(render: Callable[[float], str], clock: _Clock) -> Route:
     return lambda: (TEXT_FORMAT, render(clock.elapsed()).encode())
 
 
+MODEL_ID = "openai/gpt-oss-120b"
+
+
+def _json_route(payload: Any) -> Route:
+    return lambda: ("application/json", json.dumps(payload).encode())
+
+
 class TrtllmServerStandIn(LoopbackMetricsServer):
+    """trtllm-serve's metrics endpoints, and enough of its OpenAI API for a gateway in front of
+    it to carry traffic: `/health`, `/v1/models` and streamed answers on the POST routes.
+
+    A request whose JSON body has `"hold": true` sends its first event, then waits for `release`
+    (or 30 s) before it ends: a stream in flight for as long as a test needs one.
+    """
+
     def __init__(self, queued_requests: int = 3) -> None:
         self.clock = _Clock()
         self.queue = IterationQueue(queued_requests=queued_requests, clock=self.clock)
+        self.release = threading.Event()
+        self.streams_started = threading.Semaphore(0)
+        stream = self._stream
         super().__init__(
             {
                 "/prometheus/metrics": text_route(trtllm_request_metrics_text, self.clock),
                 "/metrics": lambda: ("application/json", json.dumps(self.queue.drain()).encode()),
-            }
+                "/health": lambda: ("text/plain", b""),
+                "/v1/models": _json_route({"object": "list", "data": [{"id": MODEL_ID, "object": "model"}]}),
+            },
+            dict.fromkeys(("/v1/chat/completions", "/v1/completions", "/v1/responses"), stream),
         )
+
+    def _stream(self, handler: BaseHTTPRequestHandler, body: bytes) -> None:
+        try:
+            hold = bool(json.loads(body or b"{}").get("hold"))
+        except ValueError:
+            hold = False
+        handler.send_response(200)
+        handler.send_header("Content-Type", "text/event-stream")
+        handler.send_header("Transfer-Encoding", "chunked")
+        handler.end_headers()
+
+        def event(data: str) -> None:
+            payload = f"data: {data}\n\n".encode()
+            handler.wfile.write(f"{len(payload):x}\r\n".encode() + payload + b"\r\n")
+            handler.wfile.flush()
+
+        event(
+            json.dumps(
+                {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": "hi"}}]}
+            )
+        )
+        self.streams_started.release()
+        if hold:
+            self.release.wait(timeout=30.0)
+        event("[DONE]")
+        handler.wfile.write(b"0\r\n\r\n")
+        handler.wfile.flush()
 
 
 def dcgm_exporter_text(elapsed: float) -> str:

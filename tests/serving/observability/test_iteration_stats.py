@@ -19,8 +19,13 @@ from serving.observability.exporter import Exporter, ExporterSettings, main, mak
 from tests.support import metrics_sources as sources
 from tests.support.nginx_runner import free_loopback_port
 
-# The exporter's modules besides the two package __init__ files: what its image must hold.
-EXPORTER_FILES = ("serving/observability/exporter.py", "serving/observability/iteration_stats.py")
+# The exporter's modules besides the two package __init__ files: what its image must hold (the
+# gateway's series are parsed in gateway_log.py).
+EXPORTER_FILES = (
+    "serving/observability/exporter.py",
+    "serving/observability/iteration_stats.py",
+    "serving/observability/gateway_log.py",
+)
 
 
 def _parse_exposition(text: str) -> dict[str, float]:
@@ -191,7 +196,7 @@ def test_scrapes_never_read_the_servers_queue(server: sources.TrtllmServerStandI
 
 
 @pytest.mark.slow
-def test_the_exporter_runs_with_the_standard_library_and_its_four_files_only(tmp_path: Path) -> None:
+def test_the_exporter_runs_with_the_standard_library_and_its_own_files_only(tmp_path: Path) -> None:
     """What the sidecar's slim image holds: no site-packages, no other module of the project."""
     repo = Path(__file__).resolve().parents[3]
     for name in ("serving/__init__.py", "serving/observability/__init__.py", *EXPORTER_FILES):
@@ -207,4 +212,4 @@ def test_the_exporter_runs_with_the_standard_library_and_its_four_files_only(tmp
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert "--source" in result.stdout
+    assert "--source" in result.stdout and "--gateway-syslog" in result.stdout
