@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from serving import capacity_command, render
+from serving.autoscaling import command as simulate
 from serving.client import bench, smoke
 from serving.config import reference
 from serving.observability import command as observability
@@ -22,6 +23,7 @@ COMMAND_MODULES = (
     capacity_command,
     observability,
     top,
+    simulate,
 )
 
 
