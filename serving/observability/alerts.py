@@ -282,8 +282,10 @@ def stack_alerts(scope: Scope, settings: AlertSettings) -> tuple[AlertRule, ...]
             summary="Metrics target {{ $labels.instance }} of job {{ $labels.job }} cannot be scraped",
             runbook=_runbook(
                 "Prometheus cannot read one source: the dashboard and the other alerts are blind to it.",
-                "the target's pod (the server pod's metrics exporter, the gateway, dcgm-exporter, "
-                "kube-state-metrics) and the NetworkPolicy that lets the scraper reach its port.",
+                "the target's pod (the server pod's metrics exporter, which also serves the gateway's "
+                "series; dcgm-exporter; kube-state-metrics) and the NetworkPolicy that lets the scraper "
+                "reach its port. For the gateway's series: gateway_status_up (0: the exporter cannot "
+                "read nginx's stub_status) and gateway_log_rejected_total on the exporter.",
                 "restart the exporter's pod or fix the policy; until then trust nothing that source feeds.",
             ),
             queries=(q.targets_up,),

@@ -3,7 +3,7 @@
 One entry per series: name, type, labels, source (which program emits it, on which port, under
 which scrape job) and where the name was checked. The queries (`queries.py`) may name only series
 listed here (a fast test checks that), and the end-to-end test runs every query against a real
-Prometheus that scrapes stand-ins emitting exactly these series.
+Prometheus that scrapes the real exporter and gateway (and stand-ins for the rest).
 
 Label contract for pod-local sources (the server's exporter, the gateway): the scrape
 configuration adds `namespace` and `pod` from Kubernetes service discovery, so "per replica" means
@@ -15,11 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from serving.observability import iteration_stats
+from serving.observability import gateway_log, iteration_stats
 from serving.observability.exporter import EXPORTER_PORT
 
-# The gateway's metrics port: a proposal the gateway does not serve yet (see docs/observability.md).
-GATEWAY_METRICS_PORT = 9145
 DCGM_EXPORTER_PORT = 9400
 KUBE_STATE_METRICS_PORT = 8080
 
@@ -51,15 +49,19 @@ SERVER = Source(
     "cpp/tensorrt_llm/executor/jsonSerialization.cpp",
     target_labels=POD_TARGET_LABELS,
 )
+# nginx OSS has no Prometheus module: the gateway sends the exporter beside it one syslog line per
+# request and serves it stub_status, both on loopback, and the exporter serves the series on its
+# own port. So the gateway's series arrive with the server's, in the same scrape job.
 GATEWAY = Source(
-    job="api-gateway",
-    emitted_by="the API-key gateway sidecar (nginx)",
-    port=GATEWAY_METRICS_PORT,
+    job=SERVER.job,
+    emitted_by="the pod's metrics exporter (serving/observability/gateway_log.py), from the gateway's "
+    "per-request syslog lines (UDP 127.0.0.1:5514) and nginx's stub_status (127.0.0.1:8081)",
+    port=EXPORTER_PORT,
     path="/metrics",
     reference="this project's names; the route label takes only the allowlisted paths or 'other', "
-    "the key label only api_key_fingerprint() values or 'none'",
+    "the key label only api_key_fingerprint() values or 'none'; stub_status: nginx's "
+    "ngx_http_stub_status_module (Active, Reading, Writing, Waiting)",
     target_labels=POD_TARGET_LABELS,
-    built=False,
 )
 DCGM = Source(
     job="dcgm-exporter",
@@ -84,6 +86,8 @@ PROMETHEUS = Source(
     reference="Prometheus: automatically generated series",
 )
 SOURCES = (SERVER, GATEWAY, DCGM, KUBE_STATE)
+# One scrape job each: the gateway's series come with the server's (the same exporter).
+SCRAPED = (SERVER, DCGM, KUBE_STATE)
 
 
 @dataclass(frozen=True)
@@ -161,6 +165,14 @@ GATEWAY_DURATION = Series(
     "Time from the request's first byte to the response's last, by route.",
 )
 GATEWAY_SERIES = (GATEWAY_REQUESTS, GATEWAY_IN_FLIGHT, GATEWAY_DURATION)
+# The exporter's other gateway series: connection counts from stub_status and its own view of
+# the inputs (whether nginx's status answered, datagrams received and rejected).
+_GATEWAY_EXTRA_LABELS = {gateway_log.REJECTED.name: ("reason",)}
+GATEWAY_EXPORTER_SERIES = tuple(
+    Series(series.name, series.kind, _GATEWAY_EXTRA_LABELS.get(series.name, ()), GATEWAY, series.help)
+    for series in gateway_log.EXPORTED_SERIES
+    if series.name not in {core.name for core in GATEWAY_SERIES}
+)
 
 DCGM_GPU_UTIL = _dcgm("DCGM_FI_DEV_GPU_UTIL", "gauge", "GPU utilisation (in %).")
 DCGM_FB_USED = _dcgm("DCGM_FI_DEV_FB_USED", "gauge", "Framebuffer memory used (in MiB).")
@@ -265,6 +277,7 @@ CATALOGUE: tuple[Series, ...] = (
     *TRTLLM_REQUEST_SERIES,
     *ITERATION_SERIES,
     *GATEWAY_SERIES,
+    *GATEWAY_EXPORTER_SERIES,
     *DCGM_SERIES,
     *KUBE_SERIES,
     TARGET_UP,

@@ -6,7 +6,7 @@ startup timeout in the rules are the stack's own. Writes, by default under `buil
 - `dashboard.json`: the Grafana dashboard (import it: docs/observability.md);
 - `alerts.yaml`: the Prometheus rules file, with runbooks (`promtool check rules` accepts it);
 - `dcgm-counters.csv`: the counters file dcgm-exporter needs for every GPU series the stack uses;
-- `scrape-config.yaml`: the four scrape jobs with Kubernetes service discovery, for Amazon
+- `scrape-config.yaml`: the three scrape jobs with Kubernetes service discovery, for Amazon
   Managed Prometheus's scraper or an in-cluster Prometheus (`promtool check config` accepts it).
 """
 

@@ -121,7 +121,7 @@ def stack_queries(scope: Scope) -> StackQueries:
     deployment = f'{ns}, deployment="{scope.deployment}"'
     # /health is the load balancer's and kubelet's probe: 502 while the model loads, not traffic.
     traffic = f'{ns}, route!="/health"'
-    jobs = "|".join(source.job for source in c.SOURCES)
+    jobs = "|".join(source.job for source in c.SCRAPED)
 
     def q(name: str, expr: str, description: str, unit: str = "short") -> Query:
         return Query(name, expr, description, unit)

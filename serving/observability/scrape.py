@@ -1,12 +1,13 @@
-"""The scrape configuration of the stack's four jobs, with Kubernetes service discovery.
+"""The scrape configuration of the stack's three jobs, with Kubernetes service discovery.
 
 One Prometheus `scrape_configs` document that both collectors the design allows can take: Amazon
 Managed Prometheus's managed scraper (its scraper configuration is a Prometheus configuration)
 and an in-cluster Prometheus. It finds targets by pod labels and container port names, so the
 manifests must follow the contract in `PORT_NAMES` and `APP_LABELS`:
 
-- the server pod's exporter container port is named `metrics` (9109) and the gateway's metrics
-  port `gateway-metrics` (9145); the pods carry `app.kubernetes.io/name: <Scope.deployment>`;
+- the server pod's exporter container port is named `metrics` (9109); it serves the gateway's
+  series too, so the gateway has no metrics port of its own; the pods carry
+  `app.kubernetes.io/name: <Scope.deployment>`;
 - dcgm-exporter and kube-state-metrics pods carry `app.kubernetes.io/name` = their own name, as
   their upstream manifests and charts label them, with a port named `metrics`
   (kube-state-metrics: `http-metrics` or `http`).
@@ -28,7 +29,6 @@ APP_NAME_LABEL = "__meta_kubernetes_pod_label_app_kubernetes_io_name"
 PORT_NAME_LABEL = "__meta_kubernetes_pod_container_port_name"
 PORT_NAMES = {
     c.SERVER.job: "metrics",
-    c.GATEWAY.job: "gateway-metrics",
     c.DCGM.job: "metrics",
     c.KUBE_STATE.job: "http-metrics|http",
 }
@@ -77,7 +77,6 @@ def render_scrape_config(scope: Scope, interval_seconds: int = 30) -> dict[str, 
         "global": {"scrape_interval": interval, "evaluation_interval": interval},
         "scrape_configs": [
             _job(c.SERVER.job, scope.deployment, [scope.namespace], honor_labels=False),
-            _job(c.GATEWAY.job, scope.deployment, [scope.namespace], honor_labels=False),
             _job(c.DCGM.job, APP_LABELS[c.DCGM.job], None, honor_labels=True),
             _job(c.KUBE_STATE.job, APP_LABELS[c.KUBE_STATE.job], None, honor_labels=True),
         ],

@@ -6,8 +6,8 @@
   the collector's bucket boundaries, from tensorrt_llm/metrics/collector.py), and `/metrics`, a
   JSON array of iteration objects with IterationStats' field names that **drains on every read**.
 - `dcgm_exporter_text`: dcgm-exporter's series for two H100s of one node.
-- `gateway_text`: a stand-in for the gateway's metrics (see `serving/observability/catalogue.py`);
-  swap it for the real gateway by giving the test another `ScrapeTarget` for the `api-gateway` job.
+- the gateway is not stood in for: the end-to-end test runs the real one (Debian's nginx) in
+  front of `TrtllmServerStandIn`, and the real exporter makes its series.
 - `kube_state_metrics_text`: kube-state-metrics' series for the stack's Deployment, pods and nodes.
 
 Counters and histograms grow with the time since the source started, so `rate()` has something
@@ -23,8 +23,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-
-from serving.workload.gateway import api_key_fingerprint
 
 NAMESPACE = "gpt-oss"
 DEPLOYMENT = "trtllm-serve"
@@ -332,33 +330,8 @@ def dcgm_exporter_text(elapsed: float) -> str:
     )
 
 
-STAND_IN_KEYS = ("stand-in-key-for-team-a-0123456789abcdef", "stand-in-key-for-team-b-0123456789abcdef")
-
-
-def gateway_text(elapsed: float) -> str:
-    """The gateway's series as this project names them; no key value appears, only fingerprints."""
-    team_a, team_b = (api_key_fingerprint(key) for key in STAND_IN_KEYS)
-    chat = "/v1/chat/completions"
-    requests = [
-        ({"route": chat, "status": "200", "key_fingerprint": team_a}, 3.0 * elapsed),
-        ({"route": chat, "status": "200", "key_fingerprint": team_b}, 1.0 * elapsed),
-        ({"route": chat, "status": "502", "key_fingerprint": team_a}, 0.05 * elapsed),
-        ({"route": chat, "status": "401", "key_fingerprint": "none"}, 0.2 * elapsed),
-        ({"route": "/health", "status": "200", "key_fingerprint": "none"}, 0.5 * elapsed),
-        ({"route": "other", "status": "404", "key_fingerprint": "none"}, 0.1 * elapsed),
-    ]
-    return (
-        family("gateway_requests_total", "counter", "Requests answered by the gateway.", requests)
-        + family("gateway_requests_in_flight", "gauge", "Requests in progress.", [({}, 7)])
-        + histogram(
-            "gateway_request_duration_seconds",
-            "Request duration.",
-            {"route": chat},
-            LATENCY_BUCKETS,
-            9.0,
-            4 * elapsed,
-        )
-    )
+# Keys for the real gateway the end-to-end test runs (valid key-map keys: 40 base64url characters).
+TRAFFIC_KEYS = ("stand-in-key-for-team-a-0123456789abcdef", "stand-in-key-for-team-b-0123456789abcdef")
 
 
 def kube_state_metrics_text(elapsed: float) -> str:

@@ -7,6 +7,7 @@ import re
 import pytest
 
 from serving.observability import catalogue as c
+from serving.observability import gateway_log
 from serving.observability.alerts import AlertSettings, stack_alerts
 from serving.observability.dashboard import dashboard_expressions, render_dashboard
 from serving.observability.queries import Scope, metric_names, stack_queries
@@ -76,7 +77,16 @@ def test_catalogue_names_are_unique_and_name_their_source() -> None:
     names = [name for series in c.CATALOGUE for name in series.sample_names]
     assert len(names) == len(set(names))
     assert all(series.source.reference for series in c.CATALOGUE)
-    assert not c.GATEWAY.built  # honest: no program emits the gateway's series yet
+    assert all(source.built for source in c.SOURCES)
+    # The gateway's series are served by the pod's exporter, beside the server's.
+    assert c.GATEWAY.port == c.SERVER.port and c.GATEWAY.job == c.SERVER.job
+
+
+def test_the_catalogue_has_the_gateway_series_the_exporter_serves() -> None:
+    served = {series.name: series.kind for series in gateway_log.EXPORTED_SERIES}
+    catalogued = {series.name: series.kind for series in (*c.GATEWAY_SERIES, *c.GATEWAY_EXPORTER_SERIES)}
+    assert catalogued == served
+    assert all(series.source is c.GATEWAY for series in (*c.GATEWAY_SERIES, *c.GATEWAY_EXPORTER_SERIES))
 
 
 def test_the_dcgm_counters_file_enables_every_gpu_series_including_ecc() -> None:
@@ -92,7 +102,7 @@ def test_the_dcgm_counters_file_enables_every_gpu_series_including_ecc() -> None
 
 
 def test_metrics_ports_are_distinct_and_neither_the_servers_nor_the_gateways() -> None:
-    ports = [source.port for source in c.SOURCES]
+    ports = [source.port for source in c.SCRAPED]
     assert len(ports) == len(set(ports))
     # trtllm-serve's 8000 stays loopback-only; the gateway's listener is what the Service exposes.
     for source in (c.SERVER, c.GATEWAY):

@@ -1,4 +1,4 @@
-"""The scrape configuration: four jobs found by pod labels and port names; promtool accepts it."""
+"""The scrape configuration: three jobs found by pod labels and port names; promtool accepts it."""
 
 from __future__ import annotations
 
@@ -17,12 +17,16 @@ CONFIG = render_scrape_config(Scope())
 JOBS = {job["job_name"]: job for job in CONFIG["scrape_configs"]}
 
 
-def test_one_job_per_source_named_as_the_queries_expect() -> None:
-    assert list(JOBS) == [source.job for source in c.SOURCES]
+def test_one_job_per_scraped_source_named_as_the_queries_expect() -> None:
+    assert list(JOBS) == [source.job for source in c.SCRAPED]
+    # The gateway's series come from the pod's exporter: no job or port of their own, so nothing
+    # is scraped twice.
+    assert c.GATEWAY.job == c.SERVER.job and c.GATEWAY.port == c.SERVER.port
+    assert "gateway-metrics" not in render_scrape_config_yaml(Scope())
 
 
 def test_pod_local_jobs_take_the_stacks_pods_and_set_namespace_and_pod() -> None:
-    for job in (c.SERVER.job, c.GATEWAY.job):
+    for job in (c.SERVER.job,):
         config = JOBS[job]
         assert config["kubernetes_sd_configs"] == [{"role": "pod", "namespaces": {"names": ["gpt-oss"]}}]
         assert config["honor_labels"] is False
