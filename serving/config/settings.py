@@ -24,7 +24,7 @@ import difflib
 import ipaddress
 import json
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import date
 from typing import Annotated, Any
@@ -32,6 +32,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from serving.config.project import declared_config, project_name
+from serving.observability.scrape import MAX_INTERVAL_SECONDS as MAX_SCRAPE_INTERVAL_SECONDS
 from serving.runtime.hardware import (
     AL2023_NVME_MOUNT,
     EKS_CONTROL_PLANE_USD_PER_HOUR,
@@ -100,6 +101,19 @@ SYSTEM_DIRECTORIES = (
     "/usr",
 )
 NODE_STATE_DIRECTORIES = ("/var/lib/kubelet", "/var/lib/containerd", "/var/log")
+# Where the metrics go (metricsStore): Amazon Managed Service for Prometheus with its managed
+# scraper, or nowhere the stack creates. `auto` is the first with a cluster the stack creates and
+# the second with an existing one (its own Prometheus, or none, is the owner's to choose).
+METRICS_STORES = ("auto", "managed-prometheus", "none")
+# AMP keeps samples 150 days unless told otherwise, and at most 1095 (three years): AMP user
+# guide, "Configure your workspace" and "Ingest metrics to your workspace".
+AMP_MAX_RETENTION_DAYS = 1095
+# AMP's managed collector refuses a scrape interval under 30 s (AMP user guide, "Using an AWS
+# managed collector", limitations of the scraper configuration); the queries' 5-minute rate
+# windows need two samples, so at most MAX_SCRAPE_INTERVAL_SECONDS.
+AMP_MIN_SCRAPE_INTERVAL_SECONDS = 30
+# The TTFT objective: above this it is no longer a latency objective but a broken server.
+MAX_TTFT_SLO_SECONDS = 600
 
 
 class SettingsError(ValueError):
@@ -305,6 +319,28 @@ def _acm_certificate_arn(value: str) -> str:
     return value
 
 
+def _sns_topic_arn(value: str) -> str:
+    if not value:
+        return value
+    if not re.fullmatch(r"arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}(\.fifo)?", value):
+        raise ValueError("expected an SNS topic ARN, arn:aws:sns:<region>:<account>:<topic>")
+    if value.endswith(".fifo"):
+        raise ValueError(
+            "a FIFO topic; Amazon Managed Prometheus's alert manager sends to Standard topics only: "
+            "create a Standard topic"
+        )
+    return value
+
+
+def _slo_seconds(value: Any) -> float:
+    decoded = _decoded(value)
+    if isinstance(decoded, bool) or not isinstance(decoded, (int, float)):
+        raise ValueError(f"expected a number of seconds above 0 and at most {MAX_TTFT_SLO_SECONDS}, e.g. 2.5")
+    if not 0 < decoded <= MAX_TTFT_SLO_SECONDS:
+        raise ValueError(f"expected a number of seconds above 0 and at most {MAX_TTFT_SLO_SECONDS}, e.g. 2.5")
+    return float(decoded)
+
+
 def _log_retention_days(value: Any) -> Any:
     if isinstance(_decoded(value), int) and _decoded(value) not in LOG_RETENTION_DAYS:
         raise ValueError(
@@ -383,6 +419,19 @@ class StackConfig(BaseModel):
     ] = Field(alias="clusterLogRetentionDays")
     hf_token_in_secrets_manager: Flag = Field(alias="hfTokenInSecretsManager")
     cost_budget_usd_per_hour: Annotated[int, _whole_number(0)] = Field(alias="costBudgetUsdPerHour")
+    metrics_store: Annotated[Text, _one_of(*METRICS_STORES)] = Field(alias="metricsStore")
+    metrics_retention_days: Annotated[int, _whole_number(1, AMP_MAX_RETENTION_DAYS)] = Field(
+        alias="metricsRetentionDays"
+    )
+    metrics_scrape_interval_seconds: Annotated[
+        int, _whole_number(AMP_MIN_SCRAPE_INTERVAL_SECONDS, MAX_SCRAPE_INTERVAL_SECONDS)
+    ] = Field(alias="metricsScrapeIntervalSeconds")
+    alert_ttft_p90_slo_seconds: Annotated[float, BeforeValidator(_slo_seconds)] = Field(
+        alias="alertTtftP90SloSeconds"
+    )
+    alert_notification_topic_arn: Annotated[Text, AfterValidator(_sns_topic_arn)] = Field(
+        alias="alertNotificationTopicArn"
+    )
 
 
 def config_keys() -> set[str]:
@@ -476,6 +525,22 @@ class EndpointSettings:
 
 
 @dataclass(frozen=True)
+class MetricsSettings:
+    """Where the metrics go and what the alerts compare against (docs/observability.md)."""
+
+    store: str = "none"  # "managed-prometheus" or "none", never "auto" (resolved by the loader)
+    retention_days: int = 150  # the AMP workspace's retention
+    scrape_interval_seconds: int = 30  # the managed scraper's interval
+    ttft_p90_slo_seconds: float = 2.5  # GptOssTtftAboveSlo's objective
+    # The SNS topic AMP's alert manager sends to; without one, no alert manager definition.
+    notification_topic_arn: str | None = None
+
+    @property
+    def managed_prometheus(self) -> bool:
+        return self.store == "managed-prometheus"
+
+
+@dataclass(frozen=True)
 class StackSettings:
     """Everything the program needs; `existing_cluster` decides which half of it is used."""
 
@@ -488,6 +553,7 @@ class StackSettings:
     serving: ServingSettings
     endpoint: EndpointSettings
     cost_budget_usd_per_hour: int
+    metrics: MetricsSettings = MetricsSettings()
     # What the stack's owner should act on soon, though nothing is wrong yet (a version close to
     # the end of its standard support): the program prints them as warnings.
     notices: tuple[str, ...] = ()
@@ -876,6 +942,8 @@ def _derive(
             "memory while loading (or 0 to size from gpuInstanceType)",
         )
 
+    metrics = _metrics(stack, region, existing_cluster, fail)
+
     if problems or runtime is None:
         return None, problems
     return StackSettings(
@@ -920,5 +988,46 @@ def _derive(
             region=region,
         ),
         cost_budget_usd_per_hour=stack.cost_budget_usd_per_hour,
+        metrics=metrics,
         notices=tuple(notices),
     ), problems
+
+
+def _metrics(
+    stack: StackConfig, region: str | None, existing_cluster: bool, fail: Callable[[str, Any, str], None]
+) -> MetricsSettings:
+    """Where the metrics go: `auto` resolved by the mode, and what AWS would refuse."""
+    store = stack.metrics_store
+    if store == "auto":
+        store = "none" if existing_cluster else "managed-prometheus"
+    elif store == "managed-prometheus" and existing_cluster:
+        fail(
+            "metricsStore",
+            store,
+            "the managed scraper is created for the EKS cluster the stack creates; with an existing "
+            "cluster (kubeconfig set) use none (or auto) and point that cluster's Prometheus at the "
+            "scrape configuration `python -m serving observability` writes",
+        )
+        store = "none"
+    topic = stack.alert_notification_topic_arn or None
+    if topic and store != "managed-prometheus":
+        fail(
+            "alertNotificationTopicArn",
+            topic,
+            "alerts are sent only by Amazon Managed Prometheus's alert manager (metricsStore "
+            "managed-prometheus, a stack that creates its cluster); remove it, or route the rules "
+            "of your own Prometheus to it",
+        )
+    elif topic and region and topic.split(":")[3] != region:
+        fail(
+            "alertNotificationTopicArn",
+            topic,
+            f"the topic is in {topic.split(':')[3]}, the stack in {region}; use a topic in {region}",
+        )
+    return MetricsSettings(
+        store=store,
+        retention_days=stack.metrics_retention_days,
+        scrape_interval_seconds=stack.metrics_scrape_interval_seconds,
+        ttft_p90_slo_seconds=stack.alert_ttft_p90_slo_seconds,
+        notification_topic_arn=topic,
+    )

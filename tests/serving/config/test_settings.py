@@ -290,3 +290,73 @@ def test_an_acm_certificate_with_an_existing_cluster_is_refused():
 def test_log_retention_reaches_the_cluster_settings():
     assert parse().cluster.log_retention_days == 90
     assert parse(clusterLogRetentionDays="365").cluster.log_retention_days == 365
+
+
+# --- metrics ------------------------------------------------------------------------------------
+
+TOPIC_ARN = "arn:aws:sns:us-east-1:123456789012:gpt-oss-alerts"
+EXISTING = {"secrets": TOKEN | {"kubeconfig"}, "endpointSourceRanges": ["10.0.0.0/8"]}
+
+
+def test_metrics_go_to_managed_prometheus_by_default_when_the_stack_creates_the_cluster():
+    metrics = parse().metrics
+    assert metrics.store == "managed-prometheus" and metrics.managed_prometheus
+    assert (metrics.retention_days, metrics.scrape_interval_seconds) == (150, 30)
+    assert metrics.ttft_p90_slo_seconds == 2.5 and metrics.notification_topic_arn is None
+    assert parse(metricsStore="none").metrics.store == "none"
+
+
+def test_metrics_default_to_none_with_an_existing_cluster():
+    assert parse(**EXISTING).metrics.store == "none"
+    assert parse(metricsStore="none", **EXISTING).metrics.store == "none"
+
+
+def test_managed_prometheus_with_an_existing_cluster_is_refused_with_what_works():
+    [problem] = problems(metricsStore="managed-prometheus", **EXISTING)
+    assert problem.startswith(f"{PROJECT}:metricsStore = 'managed-prometheus': ")
+    assert "existing cluster" in problem and "use none (or auto)" in problem
+
+
+def test_metrics_values_are_read_as_the_engine_passes_them():
+    metrics = parse(
+        metricsRetentionDays="365",
+        metricsScrapeIntervalSeconds="60",
+        alertTtftP90SloSeconds="4",
+        alertNotificationTopicArn=TOPIC_ARN,
+    ).metrics
+    assert (metrics.retention_days, metrics.scrape_interval_seconds) == (365, 60)
+    assert metrics.ttft_p90_slo_seconds == 4.0 and metrics.notification_topic_arn == TOPIC_ARN
+    assert parse(alertTtftP90SloSeconds="1.5").metrics.ttft_p90_slo_seconds == 1.5
+
+
+@pytest.mark.parametrize(
+    ("values", "key", "words"),
+    [
+        ({"metricsStore": "prometheus"}, "metricsStore", "auto, managed-prometheus, none"),
+        ({"metricsRetentionDays": "0"}, "metricsRetentionDays", "from 1 to 1095"),
+        ({"metricsRetentionDays": "2000"}, "metricsRetentionDays", "from 1 to 1095"),
+        ({"metricsScrapeIntervalSeconds": "15"}, "metricsScrapeIntervalSeconds", "from 30 to 150"),
+        ({"metricsScrapeIntervalSeconds": "300"}, "metricsScrapeIntervalSeconds", "from 30 to 150"),
+        ({"alertTtftP90SloSeconds": "0"}, "alertTtftP90SloSeconds", "above 0"),
+        ({"alertTtftP90SloSeconds": "fast"}, "alertTtftP90SloSeconds", "e.g. 2.5"),
+        ({"alertNotificationTopicArn": "gpt-oss-alerts"}, "alertNotificationTopicArn", "SNS topic ARN"),
+        (
+            {"alertNotificationTopicArn": TOPIC_ARN + ".fifo"},
+            "alertNotificationTopicArn",
+            "Standard topics only",
+        ),
+        (
+            {"alertNotificationTopicArn": TOPIC_ARN.replace("us-east-1", "eu-west-1")},
+            "alertNotificationTopicArn",
+            "use a topic in us-east-1",
+        ),
+        (
+            {"alertNotificationTopicArn": TOPIC_ARN, "metricsStore": "none"},
+            "alertNotificationTopicArn",
+            "managed-prometheus",
+        ),
+    ],
+)
+def test_metrics_settings_that_cannot_work_are_refused_by_name(values, key, words):
+    [problem] = problems(**values)
+    assert problem.startswith(f"{PROJECT}:{key} = ") and words in problem
