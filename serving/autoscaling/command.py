@@ -21,9 +21,15 @@ from typing import Any
 
 from serving.autoscaling.arrivals import PROFILES, Request, TraceError, profile_arrivals, read_trace
 from serving.autoscaling.from_stack import policy_from_settings, stack_fixed_capacity
-from serving.autoscaling.policy import REFERENCE_SHAPE, AutoscalingPolicy, PolicyError, metric_query
+from serving.autoscaling.policy import (
+    REFERENCE_SHAPE,
+    AutoscalingPolicy,
+    PolicyError,
+    finished_rate_query,
+    metric_query,
+)
 from serving.autoscaling.service import DEFAULT_BOUND_FACTOR, ReplicaService, fixed_service, modelled_service
-from serving.autoscaling.simulate import SimulationResult, fixed_policy, simulate
+from serving.autoscaling.simulate import SimulationResult, fixed_policy, simulate, steady_state_replicas
 from serving.config.project import add_stack_arguments, assemble_config, parse_assignments
 from serving.config.settings import SettingsError, StackSettings, load_settings
 from serving.runtime.performance import LayoutError, RequestShape
@@ -33,6 +39,7 @@ DEFAULT_PROFILE = "diurnal"
 DEFAULT_HOURS = 24.0
 MAX_HOURS = 24.0 * 14  # two weeks of seconds is already minutes of simulation
 DEFAULT_WAIT_THRESHOLD_S = 60.0
+OPENING_S = 600.0
 
 # Policy flags: (flag, field, type, help).
 POLICY_FLAGS: tuple[tuple[str, str, type, str], ...] = (
@@ -44,6 +51,13 @@ POLICY_FLAGS: tuple[tuple[str, str, type, str], ...] = (
         float,
         "requests in flight (running + queued) per replica the HPA aims at (default: 75%% of the "
         "performance model's max concurrency, 48 for prod)",
+    ),
+    (
+        "--target-finished-rate",
+        "target_finished_per_s_per_replica",
+        float,
+        "requests finished per second per replica the HPA aims at (second trigger; default: what a replica "
+        "finishes at --target-in-flight, from the model)",
     ),
     ("--tolerance", "tolerance", float, "HPA tolerance (default 0.1)"),
     (
@@ -89,7 +103,9 @@ def _policy(args: argparse.Namespace, settings: StackSettings) -> AutoscalingPol
         field: getattr(args, field) for _, field, _, _ in POLICY_FLAGS if getattr(args, field) is not None
     }
     try:
-        return policy_from_settings(settings, overrides, from_mirror=args.from_mirror)
+        return policy_from_settings(
+            settings, overrides, from_mirror=args.from_mirror, bound_factor=args.bound_factor
+        )
     except PolicyError as error:
         message = str(error)
         for field, flag in FLAG_FOR_FIELD.items():
@@ -248,12 +264,18 @@ def render_policy(policy: AutoscalingPolicy, namespace: str) -> str:
     return (
         f"Policy: replicas {policy.min_replicas}-{policy.max_replicas} on {policy.min_nodes}-{policy.max_nodes} "
         f"nodes ({policy.replicas_per_node} per node), target {policy.target_in_flight_per_replica:g} in flight "
-        f"per replica, tolerance {policy.tolerance:g}, HPA sync {policy.hpa_sync_period_s:g} s, scrape "
+        f"per replica and {policy.target_finished_per_s_per_replica or 0:g} finished/s per replica, tolerance {policy.tolerance:g}, HPA sync {policy.hpa_sync_period_s:g} s, scrape "
         f"{policy.metric_scrape_interval_s:g} s, scale-up window {policy.scale_up_stabilization_s:g} s, "
         f"scale-down window {policy.scale_down_stabilization_s:g} s; node ready after {policy.node_delay_s:.0f} s, "
         f"replica serving after {policy.replica_delay_s:.0f} s ({policy.warm_replica_delay_s:.0f} s on a node "
         f"that ran one), empty node removed after {policy.scale_down_unneeded_s:.0f} s.\n"
-        f"Metric (KEDA Prometheus trigger, AverageValue): {metric_query(namespace)}\n"
+        f"Trigger 1 (KEDA Prometheus, AverageValue {policy.target_in_flight_per_replica:g}): {metric_query(namespace)}\n"
+        + (
+            ""
+            if policy.target_finished_per_s_per_replica is None
+            else f"Trigger 2 (KEDA Prometheus, AverageValue {policy.target_finished_per_s_per_replica:g}): "
+            f"{finished_rate_query(namespace, policy.rate_window_s)}\n"
+        )
     )
 
 
@@ -335,8 +357,17 @@ def _run(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     threshold = args.wait_threshold
+    # Start warm: the replicas the first ten minutes' load settles on, not a cold start at t=0.
+    opening = [r for r in requests if r.arrival_s < OPENING_S]
+    first = opening[0] if opening else requests[0]
+    initial = steady_state_replicas(
+        policy, service, len(opening) / OPENING_S, first.input_tokens, first.output_tokens
+    )
     columns = [
-        ("autoscaled", simulate(policy, requests, service, hours, wait_threshold_s=threshold)),
+        (
+            "autoscaled",
+            simulate(policy, requests, service, hours, wait_threshold_s=threshold, initial_replicas=initial),
+        ),
         (
             f"fixed at max ({policy.max_nodes} nodes, {policy.max_replicas} replicas)",
             simulate(fixed_max, requests, service, hours, wait_threshold_s=threshold),
@@ -390,6 +421,7 @@ def report(
         "replica": service.description,
         "policy": policy.as_dict(),
         "metric_query": metric_query(namespace),
+        "finished_rate_query": finished_rate_query(namespace, policy.rate_window_s),
         **summary(auto),
         "fixed_max_gpu_hours": fixed_max.node_gpu_hours,
         "fixed_max_cost_usd": fixed_max.cost_usd,

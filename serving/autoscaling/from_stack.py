@@ -15,7 +15,14 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from serving.autoscaling.policy import DEFAULT_MAX_NODES, AutoscalingPolicy, default_target, replica_delays
+from serving.autoscaling.policy import (
+    DEFAULT_MAX_NODES,
+    AutoscalingPolicy,
+    default_finished_target,
+    default_target,
+    replica_delays,
+)
+from serving.autoscaling.service import DEFAULT_BOUND_FACTOR
 from serving.config.settings import StackSettings
 from serving.runtime.coldstart import ColdStartAssumptions
 
@@ -26,9 +33,12 @@ def policy_from_settings(
     *,
     cold_start: ColdStartAssumptions | None = None,
     from_mirror: bool = False,
+    bound_factor: float = DEFAULT_BOUND_FACTOR,
 ) -> AutoscalingPolicy:
     """The stack's policy; `overrides` (field name -> value) win. max_replicas follows max_nodes
-    (what the nodes hold) unless it is given."""
+    (what the nodes hold) unless it is given; the finished-rate target follows the in-flight
+    target and `bound_factor` (how much slower than the performance model's bounds a replica
+    is taken to be) unless it is given."""
     overrides = dict(overrides or {})
     configured = getattr(settings, "autoscaling", None)
     if isinstance(configured, AutoscalingPolicy):
@@ -52,6 +62,10 @@ def policy_from_settings(
             "max_replicas": max_nodes * per_node,
         }
     values.update(overrides)
+    if configured is None and "target_finished_per_s_per_replica" not in overrides:
+        values["target_finished_per_s_per_replica"] = default_finished_target(
+            settings.serving.runtime, float(values["target_in_flight_per_replica"]), bound_factor
+        )
     if "max_replicas" not in overrides and "max_nodes" in overrides:
         values["max_replicas"] = values["max_nodes"] * values["replicas_per_node"]
     if values.get("min_nodes", 1) > values["max_nodes"]:

@@ -1,7 +1,8 @@
 """The HPA controller's decision at each sync, as Kubernetes computes it for one external metric
 with an AverageValue target (what a KEDA ScaledObject with a Prometheus trigger creates):
 
-1. the metric's recommendation (policy.desired_replicas_for_total: tolerance, then ceil);
+1. each metric's recommendation (policy.desired_replicas_for_total: tolerance, then ceil), the
+   larger of the two triggers';
 2. stabilisation: the lowest recommendation of the scale-up window and the highest of the
    scale-down window bound the result, so scale-down follows the highest load of the window;
 3. rate limits (behavior policies, selectPolicy Max): against the replicas at the start of each
@@ -25,15 +26,24 @@ class HorizontalAutoscaler:
     # (time, replicas added (> 0) or removed (< 0)) by this controller.
     scale_events: deque[tuple[float, int]] = field(default_factory=deque)
 
-    def decide(self, now: float, current_replicas: int, total_metric: float) -> int:
+    def decide(
+        self, now: float, current_replicas: int, in_flight: float, finished_per_s: float | None = None
+    ) -> int:
+        """Replicas after this sync, from the two triggers' totals over the pods (the HPA takes
+        the larger recommendation when it has several metrics)."""
         p = self.policy
         if current_replicas > p.max_replicas:
             return self._record(now, current_replicas, p.max_replicas)
         if current_replicas < p.min_replicas:
             return self._record(now, current_replicas, p.min_replicas)
         proposal = desired_replicas_for_total(
-            current_replicas, total_metric, p.target_in_flight_per_replica, p.tolerance
+            current_replicas, in_flight, p.target_in_flight_per_replica, p.tolerance
         )
+        if p.target_finished_per_s_per_replica is not None and finished_per_s is not None:
+            by_rate = desired_replicas_for_total(
+                current_replicas, finished_per_s, p.target_finished_per_s_per_replica, p.tolerance
+            )
+            proposal = max(proposal, by_rate)
         stabilised = self._stabilise(now, current_replicas, proposal)
         return self._record(now, current_replicas, self._rate_limited(now, current_replicas, stabilised))
 
@@ -62,8 +72,13 @@ class HorizontalAutoscaler:
         if desired < current:
             removed = -sum(n for t, n in self.scale_events if n < 0 and t > now - p.scale_down_period_s)
             start = current + removed
-            limit = math.ceil(start * (1 - p.scale_down_percent / 100))
-            return max(desired, min(limit, current), p.min_replicas)
+            # selectPolicy Max: the policy that allows the larger change, i.e. the lower limit.
+            limits = []
+            if p.scale_down_pods is not None:
+                limits.append(start - p.scale_down_pods)
+            if p.scale_down_percent is not None:
+                limits.append(int(start * (1 - p.scale_down_percent / 100)))
+            return max(desired, min(min(limits), current), p.min_replicas)
         return desired
 
     def _record(self, now: float, current: int, decided: int) -> int:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, fields
 
 from serving.runtime.coldstart import ColdStartAssumptions, cold_start
 from serving.runtime.options import ServingRuntime
-from serving.runtime.performance import RequestShape, max_concurrency
+from serving.runtime.performance import RequestShape, bound, max_concurrency
 
 
 class PolicyError(ValueError):
@@ -81,8 +81,17 @@ class AutoscalingPolicy:
     # --- replicas: KEDA ScaledObject -> HPA
     min_replicas: int = 1  # scale to zero is left out: no pod would be left to report the queue
     max_replicas: int = 8
-    # HPA external-metric target, AverageValue: requests in flight (running + queued) per replica.
+    # Trigger 1, AverageValue: requests in flight (running + queued) per replica. It sees a
+    # queue at once, but it is not proportional to the load: a replica with a smaller batch
+    # decodes faster, so at low load it recommends fewer replicas than the load needs.
     target_in_flight_per_replica: float = 48.0
+    # Trigger 2, AverageValue: requests finished per second per replica, over `rate_window_s`.
+    # Proportional to the load while nothing queues, so it holds the replicas the load needs
+    # where trigger 1 would scale down too far; the HPA takes the larger of the two. The
+    # default is what a replica finishes at trigger 1's target (performance model, x 5); set
+    # it from a measurement (`serving bench` at that concurrency). None: trigger 1 alone.
+    target_finished_per_s_per_replica: float | None = 1.09
+    rate_window_s: float = 120.0
     hpa_sync_period_s: float = HPA_SYNC_PERIOD_S
     # How stale the metric can be: Prometheus scrapes the pods' exporter this often
     # (metricsScrapeIntervalSeconds in docs/observability.md).
@@ -96,9 +105,14 @@ class AutoscalingPolicy:
     scale_up_pods: int = 4
     scale_up_percent: float = 100.0
     scale_up_period_s: float = 15.0
-    # behavior.scaleDown.policies, the HPA's default: up to 100 % of the pods per 15 s.
-    scale_down_percent: float = 100.0
-    scale_down_period_s: float = 15.0
+    # behavior.scaleDown.policies: one replica per 5 minutes (the HPA's default is 100 % per
+    # 15 s). Requests in flight are not proportional to replicas: a replica with a smaller
+    # batch decodes faster, so after a peak the in-flight count per replica falls faster than
+    # the load, and one large step down overloads the replicas left (the simulator shows it).
+    # Removing one at a time lets the metric settle (a few service times) before the next.
+    scale_down_pods: int | None = 1
+    scale_down_percent: float | None = None
+    scale_down_period_s: float = 300.0
     # KEDA's own timers; with min_replicas >= 1 they only matter for activation (0 <-> 1), which
     # the simulator does not model. Kept so the ScaledObject is written from the same object.
     keda_polling_interval_s: float = KEDA_POLLING_INTERVAL_S
@@ -158,6 +172,8 @@ def _problems(p: AutoscalingPolicy) -> list[str]:
             f"max_replicas {p.max_replicas}: above what max_nodes {p.max_nodes} x {p.replicas_per_node} "
             f"replicas per node hold; use at most {p.max_nodes * p.replicas_per_node} or raise max_nodes"
         )
+    if p.target_finished_per_s_per_replica is not None and p.target_finished_per_s_per_replica <= 0:
+        problems.append(f"target_finished_per_s_per_replica {p.target_finished_per_s_per_replica:g}: above 0")
     if p.target_in_flight_per_replica <= 0:
         problems.append(f"target_in_flight_per_replica {p.target_in_flight_per_replica:g}: above 0")
     if not 0 <= p.tolerance < 1:
@@ -171,6 +187,7 @@ def _problems(p: AutoscalingPolicy) -> list[str]:
     for name in (
         "hpa_sync_period_s",
         "metric_scrape_interval_s",
+        "rate_window_s",
         "scan_interval_s",
         "scale_up_period_s",
         "scale_down_period_s",
@@ -180,8 +197,14 @@ def _problems(p: AutoscalingPolicy) -> list[str]:
     for name in ("node_delay_s", "replica_delay_s", "warm_replica_delay_s", "scale_down_unneeded_s"):
         if getattr(p, name) < 0:
             problems.append(f"{name} {getattr(p, name):g}: 0 or more")
-    if p.scale_up_pods < 0 or p.scale_up_percent < 0 or not 0 < p.scale_down_percent <= 100:
-        problems.append("scale-up policies must be 0 or more and scale_down_percent above 0 and at most 100")
+    if p.scale_up_pods < 0 or p.scale_up_percent < 0:
+        problems.append("scale_up_pods and scale_up_percent: 0 or more")
+    if p.scale_down_pods is None and p.scale_down_percent is None:
+        problems.append("scale_down_pods and scale_down_percent: give at least one scale-down policy")
+    if p.scale_down_pods is not None and p.scale_down_pods < 1:
+        problems.append(f"scale_down_pods {p.scale_down_pods}: at least 1")
+    if p.scale_down_percent is not None and not 0 < p.scale_down_percent <= 100:
+        problems.append(f"scale_down_percent {p.scale_down_percent:g}: above 0 and at most 100")
     return problems
 
 
@@ -190,14 +213,30 @@ def default_target(runtime: ServingRuntime, shape: RequestShape = REFERENCE_SHAP
     return float(max(math.floor(TARGET_SHARE_OF_MAX_CONCURRENCY * max_concurrency(runtime, shape)), 1))
 
 
+def default_finished_target(
+    runtime: ServingRuntime, in_flight: float, bound_factor: float, shape: RequestShape = REFERENCE_SHAPE
+) -> float:
+    """Requests a second one replica finishes with `in_flight` of `shape` running: the
+    performance model's upper bound over `bound_factor` (real servers are slower than bounds)."""
+    bounds = bound(runtime, shape, max(round(in_flight), 1))
+    return round(bounds.requests_per_s_upper_bound / bound_factor, 2)
+
+
 def metric_query(namespace: str) -> str:
-    """The PromQL the ScaledObject's Prometheus trigger runs: requests in flight over the
-    server's pods (series of serving/observability/catalogue.py). AverageValue divides it by the
-    replicas; `or vector(0)` keeps it defined while no pod reports."""
+    """Trigger 1's PromQL: requests in flight over the server's pods (series of
+    serving/observability/catalogue.py). AverageValue divides it by the replicas; `or vector(0)`
+    keeps it defined while no pod reports."""
     selector = f'{{namespace="{namespace}"}}'
     return (
         f"(sum(trtllm_iteration_running_requests{selector}) + sum(trtllm_iteration_queued_requests{selector}))"
         " or vector(0)"
+    )
+
+
+def finished_rate_query(namespace: str, window_s: float) -> str:
+    """Trigger 2's PromQL: requests finished per second over the pods, over the rate window."""
+    return (
+        f'sum(rate(trtllm_request_success_total{{namespace="{namespace}"}}[{round(window_s)}s])) or vector(0)'
     )
 
 

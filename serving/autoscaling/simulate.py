@@ -74,6 +74,7 @@ class TimelinePoint:
     queue: int
     running: int
     metric: float  # the last scrape: requests in flight
+    finished_per_s: float  # the last scrape: requests finished a second over the rate window
     arrivals_per_s: float  # over the interval before t
 
 
@@ -139,6 +140,8 @@ class _Simulation:
     waits: list[float] = field(default_factory=list)
     finished: int = 0
     metric: float = 0.0
+    finished_rate: float = 0.0
+    finish_times: deque[float] = field(default_factory=deque)
     last_node_added_s: float = -math.inf
     timeline: list[TimelinePoint] = field(default_factory=list)
     arrivals_since_record: int = 0
@@ -222,6 +225,7 @@ class _Simulation:
     def finish(self, replica: _Replica, now: float) -> None:
         replica.running -= 1
         self.finished += 1
+        self.finish_times.append(now)
         if replica.draining and replica.running == 0:
             self.release(replica, now)
         else:
@@ -307,10 +311,27 @@ class _Simulation:
                 queue=len(self.queue),
                 running=sum(r.running for r in live),
                 metric=self.metric,
+                finished_per_s=self.finished_rate,
                 arrivals_per_s=self.arrivals_since_record / self.record_interval_s,
             )
         )
         self.arrivals_since_record = 0
+
+
+def steady_state_replicas(
+    policy: AutoscalingPolicy,
+    service: ReplicaService,
+    rate_per_s: float,
+    input_tokens: int,
+    output_tokens: int,
+) -> int:
+    """Replicas the HPA settles on for a steady `rate_per_s`: at the target a replica runs
+    `target` requests of about the target's service time, so it finishes target / service
+    requests a second (Little's law). Where a run starts, so it does not open with a cold start."""
+    batch = max(min(round(policy.target_in_flight_per_replica), service.slots), 1)
+    per_replica = batch / service.service_s(input_tokens, output_tokens, batch)
+    needed = math.ceil(rate_per_s / per_replica) if rate_per_s > 0 else policy.min_replicas
+    return min(max(needed, policy.min_replicas), policy.max_replicas)
 
 
 def simulate(
@@ -337,6 +358,9 @@ def simulate(
         replica.serving, replica.ready_s = True, 0.0
         sim.serving.append(replica)
     sim.events.clear()  # the initial replicas serve at once: drop their ready events
+    # As if the HPA had recommended them all along: the first syncs, before a scrape, must not
+    # read an empty metric as no load.
+    sim.hpa.recommendations.append((0.0, start))
     for kind, interval in (
         (_SCRAPE, policy.metric_scrape_interval_s),
         (_HPA, policy.hpa_sync_period_s),
@@ -369,8 +393,12 @@ def simulate(
             sim.schedule_pending(now)
         elif kind == _SCRAPE:
             sim.metric = float(len(sim.queue) + sum(r.running for r in sim.replicas if r.gone_s is None))
+            window = policy.rate_window_s
+            while sim.finish_times and sim.finish_times[0] <= now - window:
+                sim.finish_times.popleft()
+            sim.finished_rate = len(sim.finish_times) / min(window, now)
         elif kind == _HPA:
-            sim.set_replicas(sim.hpa.decide(now, sim.spec_replicas(), sim.metric), now)
+            sim.set_replicas(sim.hpa.decide(now, sim.spec_replicas(), sim.metric, sim.finished_rate), now)
         elif kind == _CA:
             sim.cluster_autoscale(now)
         elif kind == _RECORD:
