@@ -5,9 +5,11 @@ Read top to bottom, this is the table of contents of the stack:
   1. settings      every config key parsed and validated before anything is registered
   2. platform      VPC -> EKS (add-ons, system nodes) -> GPU node group -> NVIDIA device plugin
                    (or, with `kubeconfig` set, an existing cluster that already has GPU nodes)
-  3. workload      trtllm-serve replicas behind an API-key gateway (TLS) and an internal NLB
+  3. metrics       Amazon Managed Prometheus, its scraper, alert rules and alert manager;
+                   dcgm-exporter and kube-state-metrics (created cluster, metricsStore)
+  4. workload      trtllm-serve replicas behind an API-key gateway (TLS) and an internal NLB
                    (the AWS Load Balancer Controller's)
-  4. outputs       what app teams need to call the endpoint
+  5. outputs       what app teams need to call the endpoint
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ from components.cluster import SYSTEM_NODE_LABELS, ClusterArgs, EksCluster
 from components.config import read_stack
 from components.device_plugin import DevicePluginArgs, NvidiaDevicePlugin, ami_needs_device_plugin
 from components.gpu_nodes import GpuNodeGroup, GpuNodeGroupArgs
+from components.gpu_telemetry import DcgmExporter, DcgmExporterArgs
 from components.inference_server import InferenceServer, InferenceServerArgs
 from components.load_balancer_controller import LoadBalancerController, LoadBalancerControllerArgs
+from components.metrics_store import MetricsStore, MetricsStoreArgs
 from components.network import Network, NetworkArgs, choose_zones
 from components.platform import KubernetesPlatform, existing_cluster_platform, kubernetes_provider
 from serving.config.settings import PROJECT, SettingsError, StackSettings
@@ -130,6 +134,12 @@ def create_aws_platform(settings: StackSettings) -> tuple[KubernetesPlatform, di
         opts=pulumi.ResourceOptions(providers=[provider]),
     )
 
+    metrics_outputs = (
+        create_metrics(settings, network, cluster, provider, gpu_capacity, tags)
+        if settings.metrics.managed_prometheus
+        else {}
+    )
+
     platform = KubernetesPlatform(
         provider=provider,
         cluster_name=cluster.name,
@@ -145,8 +155,51 @@ def create_aws_platform(settings: StackSettings) -> tuple[KubernetesPlatform, di
         "availabilityZones": zones,
         "gpuAvailabilityZones": gpu_zones,
         "kmsKeyArn": cluster.kms_key_arn,
+        **metrics_outputs,
     }
     return platform, outputs
+
+
+def create_metrics(
+    settings: StackSettings,
+    network: Network,
+    cluster: EksCluster,
+    provider: pulumi.ProviderResource,
+    gpu_capacity: list[pulumi.Resource],
+    tags: dict[str, str],
+) -> dict[str, object]:
+    """Where the metrics go (AMP, its scraper, the rules, the alert manager, kube-state-metrics)
+    and the GPUs' exporter; returns the outputs `serving top --sigv4` and Grafana need."""
+    store = MetricsStore(
+        "metrics",
+        MetricsStoreArgs(
+            stack=pulumi.get_stack(),
+            region=settings.region or "",
+            cluster_name=cluster.name,
+            cluster_arn=cluster.cluster.arn,
+            kubernetes_version=cluster.version,
+            vpc_id=network.vpc_id,
+            subnet_ids=network.private_subnet_ids,
+            cluster_security_group_id=cluster.cluster_security_group_id,
+            serving=settings.serving,
+            metrics=settings.metrics,
+            tags=tags,
+        ),
+        opts=pulumi.ResourceOptions(depends_on=[cluster]),
+    )
+    DcgmExporter(
+        "dcgm-exporter",
+        DcgmExporterArgs(
+            gpu_node_selector=settings.gpu_nodes.labels, scraper_cidrs=[settings.network.vpc_cidr]
+        ),
+        opts=pulumi.ResourceOptions(providers=[provider], depends_on=gpu_capacity),
+    )
+    return {
+        "metricsWorkspaceId": store.workspace_id,
+        # What `python -m serving top --prometheus <this> --sigv4 --region <region>` takes.
+        "metricsPrometheusEndpoint": store.prometheus_endpoint,
+        "metricsScraperId": store.scraper_id,
+    }
 
 
 def main() -> None:

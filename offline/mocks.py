@@ -236,6 +236,32 @@ def _named(prefix: str):
     return outputs
 
 
+def _amp_workspace(mocks: PlanMocks, args: MockResourceArgs, state: dict) -> str:
+    workspace_id = f"ws-<{args.name}>"
+    state.update(
+        arn=f"arn:aws:aps:{mocks.region}:{ACCOUNT_ID}:workspace/{workspace_id}",
+        # As AMP returns it: the workspace's Prometheus-compatible API, with a trailing slash.
+        prometheusEndpoint=f"https://aps-workspaces.{mocks.region}.amazonaws.com/workspaces/{workspace_id}/",
+    )
+    return workspace_id
+
+
+def _amp_scraper(mocks: PlanMocks, args: MockResourceArgs, state: dict) -> str:
+    scraper_id = f"s-<{args.name}>"
+    state.update(
+        arn=f"arn:aws:aps:{mocks.region}:{ACCOUNT_ID}:scraper/{scraper_id}",
+        # The service-linked role AMP creates for each scraper.
+        roleArn=f"arn:aws:iam::{ACCOUNT_ID}:role/aws-service-role/scraper.aps.amazonaws.com/"
+        f"AWSServiceRoleForAmazonPrometheusScraper_<{args.name}>",
+    )
+    return scraper_id
+
+
+def _security_group(mocks: PlanMocks, args: MockResourceArgs, state: dict) -> str:
+    state.setdefault("name", f"{args.name}-<suffix>")
+    return f"<sg-id:{args.name}>"
+
+
 _AWS_OUTPUTS = {
     "aws:ec2/vpc:Vpc": _vpc,
     "aws:ec2/subnet:Subnet": _subnet,
@@ -246,4 +272,7 @@ _AWS_OUTPUTS = {
     "aws:eks/nodeGroup:NodeGroup": _node_group,
     "aws:ec2/launchTemplate:LaunchTemplate": _launch_template,
     "aws:secretsmanager/secret:Secret": _named("secret"),
+    "aws:amp/workspace:Workspace": _amp_workspace,
+    "aws:amp/scraper:Scraper": _amp_scraper,
+    "aws:ec2/securityGroup:SecurityGroup": _security_group,
 }

@@ -15,7 +15,10 @@ from typing import Any
 
 import yaml
 
+from components.metrics_store import alert_rules_yaml, scraper_configuration_yaml, stack_scope
 from offline.program import SECRET_MARK, PlannedResource, PlanResult
+from serving.config.settings import load_settings
+from serving.observability.dashboard import render_dashboard_json
 from serving.runtime.coldstart import render_cold_start
 
 OPTIONS_FILE = "extra-llm-api-options.yaml"
@@ -200,6 +203,60 @@ def _network_policy(values: dict[str, Any]) -> list[str]:
     return shown
 
 
+def _scraper(values: dict[str, Any]) -> list[str]:
+    shown = _fields(
+        values,
+        "source.eks.clusterArn",
+        "source.eks.subnetIds",
+        "source.eks.securityGroupIds",
+        "destination.amp.workspaceArn",
+    )
+    text = values.get("scrapeConfiguration")
+    if isinstance(text, str) and text != SECRET_MARK:
+        document = yaml.safe_load(text) or {}
+        shown.append(f"scrape_interval={(document.get('global') or {}).get('scrape_interval')}")
+        shown.append(
+            "jobs=" + ",".join(job.get("job_name", "?") for job in document.get("scrape_configs") or [])
+        )
+    return shown
+
+
+def _rule_groups(values: dict[str, Any]) -> list[str]:
+    shown = _fields(values, "name")
+    text = values.get("data")
+    if isinstance(text, str) and text != SECRET_MARK:
+        for group in (yaml.safe_load(text) or {}).get("groups") or []:
+            rules = group.get("rules") or []
+            shown.append(f"group {group.get('name')}: {len(rules)} alerts")
+    return shown
+
+
+def _alert_manager(values: dict[str, Any]) -> list[str]:
+    text = values.get("definition")
+    if not isinstance(text, str) or text == SECRET_MARK:
+        return []
+    config = yaml.safe_load((yaml.safe_load(text) or {}).get("alertmanager_config") or "") or {}
+    topics = [
+        sns.get("topic_arn")
+        for receiver in config.get("receivers") or []
+        for sns in receiver.get("sns_configs") or []
+    ]
+    return [f"sends to SNS {','.join(str(t) for t in topics)}"]
+
+
+def _security_group_rule(direction: str, peer: str) -> Callable[[dict[str, Any]], list[str]]:
+    def summary(values: dict[str, Any]) -> list[str]:
+        port = values.get("fromPort")
+        if values.get("toPort") not in (None, port):
+            port = f"{port}-{values.get('toPort')}"
+        source = values.get(peer) or values.get("cidrIpv4")
+        return [
+            f"{direction} {values.get('ipProtocol')}/{port} {'to' if direction == 'out' else 'from'} {source}"
+        ]
+
+    return summary
+
+
 SUMMARIES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "aws:ec2/vpc:Vpc": lambda v: _fields(v, "cidrBlock"),
     "aws:ec2/subnet:Subnet": lambda v: (
@@ -253,6 +310,18 @@ SUMMARIES: dict[str, Callable[[dict[str, Any]], list[str]]] = {
         v, "namespace", "serviceAccount"
     ),
     HELM_RELEASE: lambda v: _fields(v, "chart", "version", "repositoryOpts.repo", "namespace"),
+    "aws:amp/workspace:Workspace": lambda v: _fields(v, "alias"),
+    "aws:amp/workspaceConfiguration:WorkspaceConfiguration": lambda v: _fields(v, "retentionPeriodInDays"),
+    "aws:amp/scraper:Scraper": _scraper,
+    "aws:amp/ruleGroupNamespace:RuleGroupNamespace": _rule_groups,
+    "aws:amp/alertManagerDefinition:AlertManagerDefinition": _alert_manager,
+    "aws:ec2/securityGroup:SecurityGroup": lambda v: _fields(v, "description"),
+    "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule": _security_group_rule(
+        "in", "referencedSecurityGroupId"
+    ),
+    "aws:vpc/securityGroupEgressRule:SecurityGroupEgressRule": _security_group_rule(
+        "out", "referencedSecurityGroupId"
+    ),
     "tls:index/certRequest:CertRequest": lambda v: _fields(v, "subject.commonName", "dnsNames"),
     "tls:index/selfSignedCert:SelfSignedCert": lambda v: _fields(
         v, "subject.commonName", "isCaCertificate", "validityPeriodHours"
@@ -345,11 +414,26 @@ def check_no_secrets(plan: PlanResult, text: str, where: str) -> None:
 
 # How long a new GPU node takes to serve (modelled): what a scale-up or a replaced node costs.
 COLD_START_FILE = "cold-start.md"
+# The metrics path's files, from serving.observability's renderers with the stack's settings:
+# what the workspace evaluates (alerts.yaml), what its scraper runs (scrape-config.yaml), and
+# what to import into Grafana (dashboard.json; docs/operations.md#metrics).
+DASHBOARD_FILE = "dashboard.json"
+ALERTS_FILE = "alerts.yaml"
+SCRAPE_CONFIG_FILE = "scrape-config.yaml"
+
+
+def observability_files(plan: PlanResult, target: Path) -> dict[Path, str]:
+    settings = load_settings(plan.config, plan.secret_config_keys)
+    return {
+        target / DASHBOARD_FILE: render_dashboard_json(stack_scope(settings.serving), plan.stack),
+        target / ALERTS_FILE: alert_rules_yaml(plan.stack, settings.serving, settings.metrics),
+        target / SCRAPE_CONFIG_FILE: scraper_configuration_yaml(settings.serving, settings.metrics),
+    }
 
 
 def write_plan(plan: PlanResult, out_dir: Path) -> list[Path]:
-    """Write build/<stack>/: kubernetes/*.yaml, the TensorRT-LLM options file, plan.json, plan.txt
-    and the modelled cold-start budget."""
+    """Write build/<stack>/: kubernetes/*.yaml, the TensorRT-LLM options file, plan.json, plan.txt,
+    the modelled cold-start budget, and the dashboard, alert rules and scrape configuration."""
     target = out_dir / plan.stack
     kube_dir = target / "kubernetes"
     kube_dir.mkdir(parents=True, exist_ok=True)
@@ -365,6 +449,7 @@ def write_plan(plan: PlanResult, out_dir: Path) -> list[Path]:
     files[target / "plan.json"] = json.dumps(plan_document(plan), indent=2) + "\n"
     files[target / "plan.txt"] = render_tree(plan)
     files[target / COLD_START_FILE] = render_cold_start()
+    files.update(observability_files(plan, target))
 
     for path, text in files.items():
         check_no_secrets(plan, text, str(path))

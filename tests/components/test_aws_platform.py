@@ -25,6 +25,7 @@ NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
 LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
 SUBNET = "aws:ec2/subnet:Subnet"
 DAEMONSET = "kubernetes:apps/v1:DaemonSet"
+DEVICE_PLUGIN = "nvidia-device-plugin-daemonset"
 DEPLOYMENT = "kubernetes:apps/v1:Deployment"
 
 
@@ -132,13 +133,15 @@ def test_admin_roles_get_an_access_entry_with_the_cluster_admin_policy():
 def test_managed_addons_are_ordered_around_the_nodes():
     result = plan()
     addons = {a.inputs["addonName"]: a for a in result.of_type("aws:eks/addon:Addon")}
-    assert set(addons) == {"vpc-cni", "kube-proxy", "eks-pod-identity-agent", "coredns"}
+    # kube-state-metrics is the metrics store's (metricsStore managed-prometheus, the default).
+    assert set(addons) == {"vpc-cni", "kube-proxy", "eks-pod-identity-agent", "coredns", "kube-state-metrics"}
     system = by_name_suffix(result, NODE_GROUP, "system-nodes-node-group")
     gpu = gpu_node_group()
     for networking in ("vpc-cni", "kube-proxy"):
         assert addons[networking].urn in gpu.dependencies
         assert addons[networking].urn in system.dependencies
     assert system.urn in addons["coredns"].dependencies
+    assert system.urn in addons["kube-state-metrics"].dependencies  # a Deployment: it needs nodes
     assert result.one("aws:eks/cluster:Cluster").inputs["bootstrapSelfManagedAddons"] is False
 
 
@@ -225,7 +228,7 @@ def test_bottlerocket_gets_ephemeral_storage_settings_and_no_extra_device_plugin
     assert '"ephemeral-storage", "init"' in toml and '"/var/lib/containerd"' in toml
     assert template["blockDeviceMappings"][0]["deviceName"] == "/dev/xvdb"
     assert gpu_node_group("bottlerocket").inputs["amiType"] == "BOTTLEROCKET_x86_64_NVIDIA"
-    assert result.of_type(DAEMONSET) == []
+    assert DEVICE_PLUGIN not in [r.name for r in result.of_type(DAEMONSET)]
 
 
 def test_system_node_group_is_small_untainted_and_on_demand():
@@ -283,7 +286,7 @@ def test_the_deploying_role_gets_no_second_access_entry():
 
 def test_device_plugin_runs_on_every_gpu_node_and_only_there():
     result = plan()
-    (daemon_set,) = result.of_type(DAEMONSET)
+    daemon_set = result.one(DAEMONSET, DEVICE_PLUGIN)
     pod = daemon_set.inputs["spec"]["template"]["spec"]
     group = gpu_node_group().inputs
     (container,) = pod["containers"]
@@ -312,7 +315,7 @@ def test_the_workload_tolerates_the_gpu_taint_and_waits_for_gpu_nodes_and_device
         t.get("key") == "nvidia.com/gpu" and t.get("effect") == "NoSchedule" for t in pod["tolerations"]
     )
     assert gpu_node_group().urn in deployment.dependencies
-    assert result.one(DAEMONSET).urn in deployment.dependencies
+    assert result.one(DAEMONSET, DEVICE_PLUGIN).urn in deployment.dependencies
 
 
 def test_every_kubernetes_object_goes_through_the_cluster_provider_with_a_secret_kubeconfig():
@@ -404,7 +407,7 @@ def test_reservation_zone_the_region_does_not_offer_is_a_settings_error():
 
 def test_device_plugin_holds_no_api_token_and_no_network_access():
     result = plan()
-    (daemon_set,) = result.of_type(DAEMONSET)
+    daemon_set = result.one(DAEMONSET, DEVICE_PLUGIN)
     pod = daemon_set.inputs["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}

@@ -53,7 +53,11 @@ def test_every_kubernetes_object_is_valid_for_the_cluster_version(variant):
 
 
 def test_strict_validation_rejects_an_unknown_field():
-    (daemon_set,) = [o for o in objects("prod") if o["kind"] == "DaemonSet"]
+    (daemon_set,) = [
+        o
+        for o in objects("prod")
+        if o["kind"] == "DaemonSet" and o["metadata"]["name"] == "nvidia-device-plugin"
+    ]
     broken = copy.deepcopy(daemon_set)
     broken["spec"]["template"]["spec"]["containers"][0]["gpus"] = 8
     with pytest.raises(kubernetes_validate.ValidationError):
