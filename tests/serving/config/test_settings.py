@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import date
+from typing import Any
 
 import pytest
 
@@ -295,7 +296,7 @@ def test_log_retention_reaches_the_cluster_settings():
 # --- metrics ------------------------------------------------------------------------------------
 
 TOPIC_ARN = "arn:aws:sns:us-east-1:123456789012:gpt-oss-alerts"
-EXISTING = {"secrets": TOKEN | {"kubeconfig"}, "endpointSourceRanges": ["10.0.0.0/8"]}
+EXISTING: dict[str, Any] = {"secrets": TOKEN | {"kubeconfig"}, "endpointSourceRanges": ["10.0.0.0/8"]}
 
 
 def test_metrics_go_to_managed_prometheus_by_default_when_the_stack_creates_the_cluster():
