@@ -135,6 +135,13 @@ class InferenceServer(pulumi.ComponentResource):
             data=options["data"],
             opts=child("trtllm-options", depends_on=[namespace]),
         )
+        exporter = workload.exporter_config_map(spec)
+        exporter_map = k8s.core.v1.ConfigMap(
+            f"{name}-metrics-exporter",
+            metadata=exporter["metadata"],
+            data=exporter["data"],
+            opts=child("metrics-exporter", depends_on=[namespace], renamed=False),
+        )
         gateway_conf = workload.gateway_config_map(spec)
         gateway_map = k8s.core.v1.ConfigMap(
             f"{name}-api-gateway-config",
@@ -178,7 +185,9 @@ class InferenceServer(pulumi.ComponentResource):
         pod_annotations = {
             # A change to the runtime options or the gateway rolls the pods.
             "gpt-oss.serving/config-checksum": workload.config_checksum(
-                render_options_yaml(serving.runtime), *gateway_conf["data"].values()
+                render_options_yaml(serving.runtime),
+                *gateway_conf["data"].values(),
+                *exporter["data"].values(),
             ),
             # A new API key does not: the gateway reloads its key map in place (serving/workload/gateway.py),
             # so rotating a key never costs a model reload. Nor does a renewed certificate.
@@ -204,6 +213,7 @@ class InferenceServer(pulumi.ComponentResource):
                     api_keys_secret,
                     options_map,
                     gateway_map,
+                    exporter_map,
                     *tls_secrets,
                     *resources_in(opts),
                 ],

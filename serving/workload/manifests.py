@@ -34,12 +34,19 @@ from serving.runtime.options import (
     render_options_yaml,
     render_serve_args,
 )
-from serving.workload import gateway
+from serving.workload import exporter_sidecar, gateway
 
 APP_NAME = "trtllm-serve"
 SERVER_CONTAINER = "trtllm-serve"
 GATEWAY_CONTAINER = "api-gateway"
 GATEWAY_PORT_NAME = "gateway"
+WEIGHTS_DOWNLOAD_CONTAINER = "download-weights"
+# The metrics exporter (serving/observability/exporter.py): the one reader of the server's
+# drained iteration stats, the relay of its request series (the server listens on loopback
+# only), and the gateway's series. Scraped on its port by name; never behind the Service.
+EXPORTER_CONTAINER = "metrics-exporter"
+METRICS_PORT = 9109
+METRICS_PORT_NAME = "metrics"
 HF_TOKEN_SECRET_KEY = "HF_TOKEN"
 HF_HOME = "/hf-cache"
 TRITON_CACHE_DIR = f"{HF_HOME}/triton-cache"
@@ -77,6 +84,7 @@ class WorkloadNames:
     api_keys_secret: str = "api-gateway-keys"
     options_config_map: str = "trtllm-options"
     gateway_config_map: str = "api-gateway-config"
+    exporter_config_map: str = "metrics-exporter"
     tls_secret: str = "api-gateway-tls"
     deployment: str = APP_NAME
     service: str = "gpt-oss"
@@ -195,6 +203,60 @@ def gateway_config_map(spec: WorkloadSpec) -> dict[str, Any]:
     }
 
 
+def exporter_config_map(spec: WorkloadSpec) -> dict[str, Any]:
+    """The exporter's source files (it runs from them in the server's image)."""
+    sources = exporter_sidecar.exporter_sources()
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": metadata(spec, spec.names.exporter_config_map, "metrics"),
+        "data": {exporter_sidecar.config_map_key(path): text for path, text in sources.items()},
+    }
+
+
+def _exporter_container(spec: WorkloadSpec) -> dict[str, Any]:
+    settings = spec.gateway
+    command = [
+        "python3",
+        "-m",
+        exporter_sidecar.EXPORTER_MODULE,
+        "--source",
+        f"http://127.0.0.1:{spec.runtime.port}",
+        "--port",
+        str(METRICS_PORT),
+    ]
+    if settings.metrics_syslog_server:
+        command += ["--gateway-syslog", settings.metrics_syslog_server]
+    if settings.status_port:
+        command += [
+            "--gateway-status-url",
+            f"http://127.0.0.1:{settings.status_port}{gateway.GATEWAY_STATUS_PATH}",
+        ]
+    health = {"httpGet": {"path": "/healthz", "port": METRICS_PORT_NAME}, "timeoutSeconds": 5}
+    return {
+        "name": EXPORTER_CONTAINER,
+        # The server's image, already on the node: the exporter needs only its Python.
+        "image": spec.runtime.image,
+        # `command`: the image's NVIDIA entrypoint (GPU checks) has nothing to do here.
+        "command": command,
+        "env": [
+            {"name": "PYTHONPATH", "value": exporter_sidecar.SOURCE_ROOT},
+            {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
+        ],
+        "ports": [{"name": METRICS_PORT_NAME, "containerPort": METRICS_PORT, "protocol": "TCP"}],
+        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "128Mi"}},
+        # It answers /healthz while the model loads: its probes never wait for the server.
+        "readinessProbe": {**health, "periodSeconds": 10, "failureThreshold": 3},
+        "livenessProbe": {**health, "periodSeconds": 30, "failureThreshold": 3},
+        # Keeps reporting while the replica drains its streams.
+        "lifecycle": {"preStop": {"sleep": {"seconds": DRAIN_PAUSE_SECONDS}}},
+        "securityContext": {**_restricted_security_context(SERVER_UID), "readOnlyRootFilesystem": True},
+        "volumeMounts": [
+            {"name": "metrics-exporter", "mountPath": exporter_sidecar.SOURCE_ROOT, "readOnly": True}
+        ],
+    }
+
+
 def config_checksum(*documents: str) -> str:
     """A pod-template annotation that changes with the configuration, so a change rolls the pods."""
     digest = hashlib.sha256()
@@ -251,7 +313,7 @@ def deployment(spec: WorkloadSpec, *, pod_annotations: dict[str, Any]) -> dict[s
         "volumeMounts": [cache_mount],
     }
     download_weights = {
-        "name": "download-weights",
+        "name": WEIGHTS_DOWNLOAD_CONTAINER,
         "image": runtime.image,
         "command": render_download_command(runtime),
         "env": [
@@ -360,7 +422,7 @@ def deployment(spec: WorkloadSpec, *, pod_annotations: dict[str, Any]) -> dict[s
             }
         },
         "initContainers": [prepare_cache, download_weights],
-        "containers": [server, api_gateway],
+        "containers": [server, api_gateway, _exporter_container(spec)],
         "volumes": [
             {"name": "hf-cache", "hostPath": {"path": spec.weights_host_path, "type": "DirectoryOrCreate"}},
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": SHM_SIZE}},
@@ -382,6 +444,16 @@ def deployment(spec: WorkloadSpec, *, pod_annotations: dict[str, Any]) -> dict[s
                 else []
             ),
             {"name": "gateway-tmp", "emptyDir": {"sizeLimit": "1Gi"}},
+            {
+                "name": "metrics-exporter",
+                "configMap": {
+                    "name": spec.names.exporter_config_map,
+                    "items": [
+                        {"key": exporter_sidecar.config_map_key(path), "path": path}
+                        for path in exporter_sidecar.exporter_sources()
+                    ],
+                },
+            },
         ],
     }
     return {
@@ -513,9 +585,19 @@ INSTANCE_METADATA = "169.254.169.254/32"
 HTTPS_PORT = 443
 
 
+def _metrics_scrapers(spec: WorkloadSpec) -> list[dict[str, Any]]:
+    """Who may scrape the exporter: the VPC (the managed scraper's network interfaces are in the
+    stack's subnets), or, with an existing cluster, any pod of the cluster (its Prometheus);
+    never the load balancer's clients."""
+    if spec.node_ranges:
+        return [{"ipBlock": {"cidr": cidr}} for cidr in spec.node_ranges]
+    return [{"namespaceSelector": {}}]
+
+
 def network_policy(spec: WorkloadSpec) -> dict[str, Any]:
-    """Only the load balancer's clients (and the nodes' probes) reach the gateway port; out, only
-    DNS and HTTPS. Enforced by the VPC CNI's network policy agent (EKS) or the cluster's CNI."""
+    """Only the load balancer's clients (and the nodes' probes) reach the gateway port, only the
+    scrapers the metrics port; out, only DNS and HTTPS. Enforced by the VPC CNI's network policy
+    agent (EKS) or the cluster's CNI."""
     sources = sorted({*spec.source_ranges, *spec.node_ranges})
     dns_ports = [{"protocol": protocol, "port": 53} for protocol in ("UDP", "TCP")]
     return {
@@ -529,7 +611,8 @@ def network_policy(spec: WorkloadSpec) -> dict[str, Any]:
                 {
                     "from": [{"ipBlock": {"cidr": cidr}} for cidr in sources],
                     "ports": [{"protocol": "TCP", "port": spec.gateway.listen_port}],
-                }
+                },
+                {"from": _metrics_scrapers(spec), "ports": [{"protocol": "TCP", "port": METRICS_PORT}]},
             ],
             "egress": [
                 {

@@ -187,8 +187,9 @@ def test_the_pods_network_policy_is_registered_and_enforced_by_the_vpc_cni():
     pod_labels = result.one(DEPLOYMENT, "gpt-oss-server").inputs["spec"]["template"]["metadata"]["labels"]
     assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
     # Clients from the endpoint's source ranges (here the VPC, the default) and the VPC's nodes.
-    [ingress] = policy["spec"]["ingress"]
+    ingress, metrics = policy["spec"]["ingress"]
     assert [peer["ipBlock"]["cidr"] for peer in ingress["from"]] == ["10.42.0.0/16"]
+    assert metrics["ports"] == [{"protocol": "TCP", "port": 9109}]
     # Kubernetes accepts a NetworkPolicy that nothing enforces: the VPC CNI's agent must be on.
     cni = next(a for a in result.of_type("aws:eks/addon:Addon") if a.inputs["addonName"] == "vpc-cni")
     assert json.loads(cni.inputs["configurationValues"]) == {"enableNetworkPolicy": "true"}

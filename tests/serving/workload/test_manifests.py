@@ -307,11 +307,19 @@ def test_network_policy_lets_in_only_the_gateway_port_and_out_only_dns_and_https
     pod = deployment(spec, pod_annotations={})["spec"]["template"]
     assert policy["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
     assert policy["policyTypes"] == ["Ingress", "Egress"]
-    [ingress] = policy["ingress"]
+    ingress, metrics = policy["ingress"]
     assert ingress["ports"] == [{"protocol": "TCP", "port": spec.gateway.listen_port}]
     # The load balancer's clients and the nodes' probes; nothing else reaches the pod, and
     # the server's own port (loopback only) is not among the ports at all.
     assert {peer["ipBlock"]["cidr"] for peer in ingress["from"]} == {"203.0.113.0/24", "10.42.0.0/16"}
+    # The metrics port from the VPC only (the managed scraper), never from the clients' ranges.
+    assert metrics == {
+        "from": [{"ipBlock": {"cidr": "10.42.0.0/16"}}],
+        "ports": [{"protocol": "TCP", "port": 9109}],
+    }
+    # With an existing cluster, from the cluster's own pods (its Prometheus), not from outside.
+    _, byo_metrics = network_policy(make_spec(load_balancer_controller=False))["spec"]["ingress"]
+    assert byo_metrics["from"] == [{"namespaceSelector": {}}]
     egress_ports = {(p["protocol"], p["port"]) for rule in policy["egress"] for p in rule["ports"]}
     assert egress_ports == {("UDP", 53), ("TCP", 53), ("TCP", 443)}
     https = next(rule for rule in policy["egress"] if rule["ports"][0]["port"] == 443)
