@@ -271,3 +271,32 @@ def server_pod_annotations() -> dict[str, str]:
     """Pod-template annotations for an autoscaled server: cluster-autoscaler may remove a GPU
     node only once no replica runs there (the HPA removes replicas, with their grace period)."""
     return {SAFE_TO_EVICT_ANNOTATION: "false"}
+
+
+def hpa_equivalent(server: ScaledServer, scaling: ReplicaScaling) -> dict[str, Any]:
+    """The HorizontalPodAutoscaler KEDA makes of the ScaledObject (autoscaling/v2; KEDA names
+    its external metrics s<index>-prometheus and sets each trigger's threshold as the
+    AverageValue target). For reading and for checking the behavior against the cluster's API
+    schema; KEDA, not the stack, creates it."""
+    scaled = scaled_object(server, scaling)["spec"]
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": server.deployment, "namespace": server.namespace, "labels": dict(server.labels)},
+        "spec": {
+            "scaleTargetRef": scaled["scaleTargetRef"],
+            "minReplicas": scaled["minReplicaCount"],
+            "maxReplicas": scaled["maxReplicaCount"],
+            "behavior": scaled["advanced"]["horizontalPodAutoscalerConfig"]["behavior"],
+            "metrics": [
+                {
+                    "type": "External",
+                    "external": {
+                        "metric": {"name": f"s{index}-prometheus"},
+                        "target": {"type": "AverageValue", "averageValue": trigger["metadata"]["threshold"]},
+                    },
+                }
+                for index, trigger in enumerate(scaled["triggers"])
+            ],
+        },
+    }
