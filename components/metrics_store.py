@@ -126,7 +126,6 @@ def alert_manager_definition(topic_arn: str, region: str) -> str:
                         "topic_arn": topic_arn,
                         "sigv4": {"region": region},
                         "subject": "[{{ .Status | toUpper }}] {{ .CommonLabels.alertname }}",
-                        "attributes": {"stack": "{{ .CommonLabels.stack }}"},
                     }
                 ],
             }
