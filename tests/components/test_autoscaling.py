@@ -371,6 +371,11 @@ def test_the_hpa_keda_makes_and_the_autoscaled_deployment_are_valid_for_the_clus
     deployment = plan("prod").one("kubernetes:apps/v1:Deployment", "gpt-oss-server")
     obj = copy.deepcopy(deployment.inputs)
     obj["metadata"].setdefault("name", deployment.state["metadata"]["name"])
+    # Scale-down never cuts a stream: a removed replica gets the grace period, after a preStop
+    # pause in every container that lets the load balancer stop sending to it.
+    pod = obj["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == 900
+    assert all(container["lifecycle"]["preStop"] for container in pod["containers"])
     template = obj["spec"]["template"]["metadata"]
     template["annotations"] = {**template.get("annotations", {}), **manifests.server_pod_annotations()}
     obj["spec"]["replicas"] = manifests.initial_replicas(
