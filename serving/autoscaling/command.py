@@ -57,7 +57,7 @@ POLICY_FLAGS: tuple[tuple[str, str, type, str], ...] = (
         "target_finished_per_s_per_replica",
         float,
         "requests finished per second per replica the HPA aims at (second trigger; default: what a replica "
-        "finishes at --target-in-flight, from the model)",
+        "finishes at --target-in-flight, from the model; 0: no second trigger)",
     ),
     ("--tolerance", "tolerance", float, "HPA tolerance (default 0.1)"),
     (
@@ -67,6 +67,14 @@ POLICY_FLAGS: tuple[tuple[str, str, type, str], ...] = (
         "scale-down stabilisation, s (default 1800)",
     ),
     ("--scale-up-window", "scale_up_stabilization_s", float, "scale-up stabilisation, s (default 0)"),
+    (
+        "--scale-down-pods",
+        "scale_down_pods",
+        int,
+        "replicas removed at most per --scale-down-period (default 1; 0: use --scale-down-percent)",
+    ),
+    ("--scale-down-percent", "scale_down_percent", float, "or at most this %% per period (default: unset)"),
+    ("--scale-down-period", "scale_down_period_s", float, "the scale-down policies' period, s (default 300)"),
     ("--hpa-sync-period", "hpa_sync_period_s", float, "HPA sync period, s (default 15)"),
     ("--scrape-interval", "metric_scrape_interval_s", float, "Prometheus scrape interval, s (default 30)"),
     ("--min-nodes", "min_nodes", int, "GPU node group minimum (default 1)"),
@@ -99,9 +107,13 @@ def _stack_settings(args: argparse.Namespace) -> StackSettings:
 
 
 def _policy(args: argparse.Namespace, settings: StackSettings) -> AutoscalingPolicy:
-    overrides = {
+    overrides: dict[str, Any] = {
         field: getattr(args, field) for _, field, _, _ in POLICY_FLAGS if getattr(args, field) is not None
     }
+    # 0 switches a trigger or a policy off (None in the policy object).
+    for field in ("target_finished_per_s_per_replica", "scale_down_pods"):
+        if overrides.get(field) == 0:
+            overrides[field] = None
     try:
         return policy_from_settings(
             settings, overrides, from_mirror=args.from_mirror, bound_factor=args.bound_factor
