@@ -7,9 +7,10 @@ Read top to bottom, this is the table of contents of the stack:
                    (or, with `kubeconfig` set, an existing cluster that already has GPU nodes)
   3. metrics       Amazon Managed Prometheus, its scraper, alert rules and alert manager;
                    dcgm-exporter and kube-state-metrics (created cluster, metricsStore)
-  4. workload      trtllm-serve replicas behind an API-key gateway (TLS) and an internal NLB
-                   (the AWS Load Balancer Controller's)
-  5. outputs       what app teams need to call the endpoint
+  4. autoscaling   KEDA and cluster-autoscaler (created cluster, autoscaling: true)
+  5. workload      trtllm-serve replicas behind an API-key gateway (TLS) and an internal NLB
+                   (the AWS Load Balancer Controller's); with autoscaling, their ScaledObject
+  6. outputs       what app teams need to call the endpoint
 """
 
 from __future__ import annotations
@@ -17,17 +18,32 @@ from __future__ import annotations
 import pulumi
 import pulumi_aws as aws
 
+from components.autoscaling import (
+    ClusterAutoscaler,
+    ClusterAutoscalerArgs,
+    GpuNodeTemplateArgs,
+    GpuNodeTemplateTags,
+    Keda,
+    KedaArgs,
+    ReplicaAutoscaler,
+    ReplicaAutoscalerArgs,
+    cluster_autoscaler_flags,
+    replica_scaling,
+)
 from components.cluster import SYSTEM_NODE_LABELS, ClusterArgs, EksCluster
 from components.config import read_stack
 from components.device_plugin import DevicePluginArgs, NvidiaDevicePlugin, ami_needs_device_plugin
-from components.gpu_nodes import GpuNodeGroup, GpuNodeGroupArgs
+from components.gpu_nodes import GpuNodeGroup, GpuNodeGroupArgs, accelerator_label
 from components.gpu_telemetry import DcgmExporter, DcgmExporterArgs
 from components.inference_server import InferenceServer, InferenceServerArgs
 from components.load_balancer_controller import LoadBalancerController, LoadBalancerControllerArgs
 from components.metrics_store import MetricsStore, MetricsStoreArgs
 from components.network import Network, NetworkArgs, choose_zones
 from components.platform import KubernetesPlatform, existing_cluster_platform, kubernetes_provider
+from serving.autoscaling.from_stack import policy_from_settings
+from serving.autoscaling.policy import AutoscalingPolicy
 from serving.config.settings import PROJECT, SettingsError, StackSettings
+from serving.workload.manifests import WorkloadNames
 
 
 def availability_zones(settings: StackSettings) -> tuple[list[str], list[str]]:
@@ -104,6 +120,7 @@ def create_aws_platform(settings: StackSettings) -> tuple[KubernetesPlatform, di
                 for zone in ([reservation_zone] if reservation_zone else gpu_zones)
             ],
             nodes=settings.gpu_nodes,
+            autoscaling=settings.autoscaling,
             tags=tags,
         ),
     )
@@ -134,10 +151,15 @@ def create_aws_platform(settings: StackSettings) -> tuple[KubernetesPlatform, di
         opts=pulumi.ResourceOptions(providers=[provider]),
     )
 
-    metrics_outputs = (
+    store, metrics_outputs = (
         create_metrics(settings, network, cluster, provider, gpu_capacity, tags)
         if settings.metrics.managed_prometheus
-        else {}
+        else (None, {})
+    )
+    keda = (
+        create_autoscalers(settings, cluster, gpu_nodes, store, provider, tags)
+        if settings.autoscaling.enabled and store is not None
+        else None
     )
 
     platform = KubernetesPlatform(
@@ -146,6 +168,8 @@ def create_aws_platform(settings: StackSettings) -> tuple[KubernetesPlatform, di
         kms_key_arn=cluster.kms_key_arn,
         gpu_capacity=gpu_capacity,
         load_balancer_controller=load_balancer_controller,
+        keda=keda,
+        prometheus_endpoint=store.prometheus_endpoint if store is not None else None,
     )
     outputs = {
         "kubeconfig": cluster.kubeconfig,
@@ -167,9 +191,10 @@ def create_metrics(
     provider: pulumi.ProviderResource,
     gpu_capacity: list[pulumi.Resource],
     tags: dict[str, str],
-) -> dict[str, object]:
+) -> tuple[MetricsStore, dict[str, object]]:
     """Where the metrics go (AMP, its scraper, the rules, the alert manager, kube-state-metrics)
-    and the GPUs' exporter; returns the outputs `serving top --sigv4` and Grafana need."""
+    and the GPUs' exporter; returns the store and the outputs `serving top --sigv4` and Grafana
+    need."""
     store = MetricsStore(
         "metrics",
         MetricsStoreArgs(
@@ -194,12 +219,61 @@ def create_metrics(
         ),
         opts=pulumi.ResourceOptions(providers=[provider], depends_on=gpu_capacity),
     )
-    return {
+    return store, {
         "metricsWorkspaceId": store.workspace_id,
         # What `python -m serving top --prometheus <this> --sigv4 --region <region>` takes.
         "metricsPrometheusEndpoint": store.prometheus_endpoint,
         "metricsScraperId": store.scraper_id,
     }
+
+
+def create_autoscalers(
+    settings: StackSettings,
+    cluster: EksCluster,
+    gpu_nodes: GpuNodeGroup,
+    store: MetricsStore,
+    provider: pulumi.ProviderResource,
+    tags: dict[str, str],
+) -> Keda:
+    """GPU nodes follow pending replicas (cluster-autoscaler, with what it must know to scale
+    the group from zero); returns KEDA, which the workload's ScaledObject needs."""
+    policy = autoscaling_policy(settings)
+    template = GpuNodeTemplateTags(
+        "gpu-node-template",
+        GpuNodeTemplateArgs(
+            node_group=gpu_nodes,
+            cluster_name=cluster.name,
+            labels={**settings.gpu_nodes.labels, **accelerator_label(settings.gpu_nodes.instance)},
+            gpus=settings.gpu_nodes.instance.gpus,
+        ),
+    )
+    ClusterAutoscaler(
+        "cluster-autoscaler",
+        ClusterAutoscalerArgs(
+            cluster_name=cluster.name,
+            region=settings.region or "",
+            node_selector=SYSTEM_NODE_LABELS,
+            flags=cluster_autoscaler_flags(policy),
+            partition=cluster.partition,
+            tags=tags,
+        ),
+        opts=pulumi.ResourceOptions(providers=[provider], depends_on=[template]),
+    )
+    return Keda(
+        "keda",
+        KedaArgs(
+            cluster_name=cluster.name,
+            workspace_arn=store.workspace_arn,
+            node_selector=SYSTEM_NODE_LABELS,
+            tags=tags,
+        ),
+        opts=pulumi.ResourceOptions(providers=[provider]),
+    )
+
+
+def autoscaling_policy(settings: StackSettings) -> AutoscalingPolicy:
+    """The policy the cluster runs: the one `python -m serving simulate` replays."""
+    return policy_from_settings(settings)
 
 
 def main() -> None:
@@ -222,9 +296,23 @@ def main() -> None:
             hf_access_token=secrets.hf_access_token,
             kms_key_arn=platform.kms_key_arn,
             load_balancer_controller=platform.load_balancer_controller,
+            autoscaled=platform.keda is not None,
         ),
         opts=pulumi.ResourceOptions(providers=[platform.provider], depends_on=platform.gpu_capacity),
     )
+    if platform.keda is not None and platform.prometheus_endpoint is not None:
+        # Replicas follow the requests in flight per replica, from the metrics in AMP.
+        ReplicaAutoscaler(
+            "replica-autoscaler",
+            ReplicaAutoscalerArgs(
+                namespace=settings.serving.namespace,
+                deployment=WorkloadNames(namespace=settings.serving.namespace).deployment,
+                prometheus_endpoint=platform.prometheus_endpoint,
+                region=settings.region or "",
+                scaling=replica_scaling(autoscaling_policy(settings)),
+            ),
+            opts=pulumi.ResourceOptions(providers=[platform.provider], depends_on=[platform.keda, server]),
+        )
 
     # What app teams need: where to send requests, with which model name and key.
     pulumi.export("endpoint", server.endpoint)
@@ -241,9 +329,14 @@ def main() -> None:
         pulumi.export("gpuInstanceType", settings.gpu_nodes.instance.name)
         pulumi.export("gpuNodeCount", settings.gpu_nodes.node_count)
         pulumi.export("gpuCapacityType", settings.gpu_nodes.capacity_type)
-        # What the "Running On-Demand P instances" quota (vCPUs) must allow: the nodes
-        # themselves; updates replace them in place (MINIMAL) and need no more.
-        pulumi.export("gpuVcpuQuotaNeeded", settings.gpu_nodes.instance.vcpus * settings.gpu_nodes.node_count)
+        scaling = settings.autoscaling
+        most_nodes = scaling.max_nodes if scaling.enabled else settings.gpu_nodes.node_count
+        # What the "Running On-Demand P instances" quota (vCPUs) must allow: the most nodes the
+        # group may run; updates replace them in place (MINIMAL) and need no more.
+        pulumi.export("gpuVcpuQuotaNeeded", settings.gpu_nodes.instance.vcpus * most_nodes)
+        if scaling.enabled:
+            pulumi.export("autoscalingReplicas", f"{scaling.min_replicas}..{scaling.max_replicas}")
+            pulumi.export("autoscalingGpuNodes", f"{scaling.min_nodes}..{scaling.max_nodes}")
         pulumi.export("gpuUpdateStrategy", "MINIMAL")
         pulumi.export("kubernetesVersion", settings.cluster.kubernetes_version)
         pulumi.export("kubernetesSupportType", settings.cluster.support_type)
@@ -253,6 +346,8 @@ def main() -> None:
             # On-demand list price of the GPU nodes alone (FACTS.md); Capacity Blocks and Spot
             # are priced differently, and EKS, NAT and EBS add a few dollars a day.
             pulumi.export("gpuOnDemandUsdPerHour", round(price * settings.gpu_nodes.node_count, 2))
+            # The most the GPU nodes can cost an hour: what the budget policy checks.
+            pulumi.export("gpuCostCeilingUsdPerHour", round(price * most_nodes, 2))
         for key, value in platform_outputs.items():
             pulumi.export(key, pulumi.Output.secret(value) if key == "kubeconfig" else value)
 

@@ -30,7 +30,6 @@ import pulumi_kubernetes as k8s
 from components.cluster import resources_in
 from components.gpu_nodes import GPU_TAINT_KEY, GpuNodeGroup
 from serving.autoscaling.policy import AutoscalingPolicy
-from serving.runtime.hardware import InstanceType
 from serving.workload import autoscaling as manifests
 
 # --- KEDA -----------------------------------------------------------------------------------
@@ -72,11 +71,6 @@ ENABLED_TAG = "k8s.io/cluster-autoscaler/enabled"
 GPU_GROUP_TAG = "gpt-oss/cluster-autoscaler"
 GPU_GROUP_TAG_VALUE = "gpu"
 NODE_TEMPLATE = "k8s.io/cluster-autoscaler/node-template"
-# The label cluster-autoscaler's AWS provider reads to know a node has GPUs before the device
-# plugin reports them (aws_cloud_provider.go GPULabel); without it a fresh node counts as one
-# without GPUs and the pending replica can trigger a second node (README, "Special note on GPU
-# instances").
-GPU_ACCELERATOR_LABEL = "k8s.amazonaws.com/accelerator"
 # A p5 takes minutes to boot and join (coldstart.py assumes 5); the default 15 minutes before a
 # scale-up counts as failed leaves little room for EFA and driver initialisation.
 MAX_NODE_PROVISION_TIME = "25m0s"
@@ -252,11 +246,6 @@ def replica_scaling(policy: AutoscalingPolicy) -> manifests.ReplicaScaling:
         target_finished_per_s_per_replica=policy.target_finished_per_s_per_replica,
         rate_window_s=whole(policy.rate_window_s),
     )
-
-
-def accelerator_label(instance: InstanceType) -> dict[str, str]:
-    """`k8s.amazonaws.com/accelerator` for the GPU nodes: nvidia-h100 on p5, nvidia-h200 on p5e."""
-    return {GPU_ACCELERATOR_LABEL: f"nvidia-{instance.gpu.name.split()[0].lower()}"}
 
 
 def node_template_tags(

@@ -16,10 +16,22 @@ import pulumi
 import pulumi_aws as aws
 
 from components.cluster import EksCluster
-from serving.config.settings import GpuNodeSettings
-from serving.runtime.hardware import AL2023_NVME_MOUNT
+from serving.config.settings import AutoscalingSettings, GpuNodeSettings
+from serving.runtime.hardware import AL2023_NVME_MOUNT, InstanceType
 
 GPU_TAINT_KEY = "nvidia.com/gpu"
+# The label cluster-autoscaler's AWS provider reads to know a node has GPUs before the device
+# plugin reports them (aws_cloud_provider.go GPULabel); without it a fresh node counts as one
+# without GPUs and the pending replica can trigger a second node (its README, "Special note on
+# GPU instances").
+GPU_ACCELERATOR_LABEL = "k8s.amazonaws.com/accelerator"
+
+
+def accelerator_label(instance: InstanceType) -> dict[str, str]:
+    """`k8s.amazonaws.com/accelerator` for the GPU nodes: nvidia-h100 on p5, nvidia-h200 on p5e."""
+    return {GPU_ACCELERATOR_LABEL: f"nvidia-{instance.gpu.name.split()[0].lower()}"}
+
+
 AL2023_RAID_MOUNT = AL2023_NVME_MOUNT  # where nodeadm mounts the NVMe RAID0 array
 MIME_BOUNDARY = "==GPT-OSS-NODECONFIG=="
 
@@ -97,6 +109,9 @@ class GpuNodeGroupArgs:
     # Private subnets to place nodes in; with a Capacity Block only the reservation's zone's.
     subnet_ids: Sequence[pulumi.Input[str]]
     nodes: GpuNodeSettings
+    # With autoscaling on, cluster-autoscaler sizes the group within min/max; gpuNodeCount is
+    # only where it starts.
+    autoscaling: AutoscalingSettings | None = None
     tags: dict[str, str] = field(default_factory=dict)
 
 
@@ -110,6 +125,7 @@ class GpuNodeGroup(pulumi.ComponentResource):
         nodes, cluster = args.nodes, args.cluster
         bottlerocket = nodes.ami_type.startswith("BOTTLEROCKET")
         capacity_block = nodes.capacity_type == "CAPACITY_BLOCK"
+        autoscaling = args.autoscaling if args.autoscaling and args.autoscaling.enabled else None
 
         self.launch_template = aws.ec2.LaunchTemplate(
             f"{name}-launch-template",
@@ -179,13 +195,13 @@ class GpuNodeGroup(pulumi.ComponentResource):
             ami_type=nodes.ami_type,
             capacity_type=nodes.capacity_type,
             instance_types=None if capacity_block else [nodes.instance.name],
-            # GPU capacity is planned, not autoscaled: a p5 takes minutes to boot and tens of
-            # minutes to load the model, so the group holds exactly gpuNodeCount nodes.
+            # Without autoscaling the group holds exactly gpuNodeCount nodes; with it,
+            # cluster-autoscaler moves the desired size within the range and Pulumi leaves it.
             scaling_config=aws.eks.NodeGroupScalingConfigArgs(
                 desired_size=nodes.node_count,
-                min_size=nodes.node_count,
+                min_size=autoscaling.min_nodes if autoscaling else nodes.node_count,
                 # EKS needs a maximum of at least 1, also for a group waiting at 0 nodes.
-                max_size=max(nodes.node_count, 1),
+                max_size=autoscaling.max_nodes if autoscaling else max(nodes.node_count, 1),
             ),
             # MINIMAL: an AMI, launch-template or version update replaces nodes one at a time
             # instead of first launching extra ones (DEFAULT surges by up to twice the zones):
@@ -193,7 +209,7 @@ class GpuNodeGroup(pulumi.ComponentResource):
             update_config=aws.eks.NodeGroupUpdateConfigArgs(max_unavailable=1, update_strategy="MINIMAL"),
             # EKS replaces a GPU node whose health checks fail (GPU, kubelet, networking).
             node_repair_config=aws.eks.NodeGroupNodeRepairConfigArgs(enabled=True),
-            labels=dict(nodes.labels),
+            labels={**nodes.labels, **(accelerator_label(nodes.instance) if autoscaling else {})},
             taints=[aws.eks.NodeGroupTaintArgs(key=GPU_TAINT_KEY, value="true", effect="NO_SCHEDULE")],
             launch_template=aws.eks.NodeGroupLaunchTemplateArgs(
                 id=self.launch_template.id,
@@ -212,6 +228,8 @@ class GpuNodeGroup(pulumi.ComponentResource):
                 # group's fixed name and need twice the GPU quota; deleting first frees both.
                 # The serving pods wait Pending for the new nodes meanwhile.
                 delete_before_replace=True,
+                # The engine's (camelCase) path: only top-level names are translated.
+                ignore_changes=["scalingConfig.desiredSize"] if autoscaling else None,
             ),
         )
         self.node_group_name = self.node_group.node_group_name

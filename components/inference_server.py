@@ -20,6 +20,7 @@ from components.cluster import resources_in
 from components.endpoint_certificate import EndpointCertificate, EndpointCertificateArgs
 from serving.config.settings import EndpointSettings, ServingSettings
 from serving.runtime.options import render_options_yaml
+from serving.workload import autoscaling as autoscaling_manifests
 from serving.workload import certificates, gateway
 from serving.workload import manifests as workload
 
@@ -34,6 +35,8 @@ class InferenceServerArgs:
     kms_key_arn: pulumi.Input[str] | None = None
     # What the Service must wait for, and outlive on destroy: the load balancer controller.
     load_balancer_controller: pulumi.Resource | None = None
+    # KEDA's HPA owns the replica count (serving.replicas is where it starts).
+    autoscaled: bool = False
 
 
 class InferenceServer(pulumi.ComponentResource):
@@ -81,6 +84,7 @@ class InferenceServer(pulumi.ComponentResource):
             depends_on: list[pulumi.Resource] | None = None,
             custom_timeouts: pulumi.CustomTimeouts | None = None,
             renamed: bool = True,
+            ignore_changes: list[str] | None = None,
         ) -> pulumi.ResourceOptions:
             # `renamed`: the child was once registered as plain `object_name`; the alias keeps it.
             return pulumi.ResourceOptions(
@@ -88,6 +92,7 @@ class InferenceServer(pulumi.ComponentResource):
                 depends_on=depends_on or [],
                 aliases=[pulumi.Alias(name=object_name)] if renamed else None,
                 custom_timeouts=custom_timeouts,
+                ignore_changes=ignore_changes,
             )
 
         namespace = k8s.core.v1.Namespace(
@@ -192,6 +197,9 @@ class InferenceServer(pulumi.ComponentResource):
             # A new API key does not: the gateway reloads its key map in place (serving/workload/gateway.py),
             # so rotating a key never costs a model reload. Nor does a renewed certificate.
         }
+        if args.autoscaled:
+            # cluster-autoscaler removes a GPU node only once the HPA has taken its replicas away.
+            pod_annotations |= autoscaling_manifests.server_pod_annotations()
         manifest = workload.deployment(spec, pod_annotations=pod_annotations)
         if not serving.await_rollout:
             # The pods can only schedule once GPU nodes exist: create the Deployment, do not wait.
@@ -219,6 +227,10 @@ class InferenceServer(pulumi.ComponentResource):
                 ],
                 # The first rollout waits for a 65 GB download and a model load.
                 custom_timeouts=pulumi.CustomTimeouts(create="90m", update="90m"),
+                # Autoscaled, the HPA owns spec.replicas: `pulumi up` must not set it back.
+                ignore_changes=list(autoscaling_manifests.IGNORE_ON_AUTOSCALED_DEPLOYMENT)
+                if args.autoscaled
+                else None,
             ),
         )
 

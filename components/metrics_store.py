@@ -179,6 +179,7 @@ class MetricsStore(pulumi.ComponentResource):
     """
 
     workspace_id: pulumi.Output[str]
+    workspace_arn: pulumi.Output[str]  # what KEDA's role may query
     prometheus_endpoint: pulumi.Output[str]
     scraper_id: pulumi.Output[str]
 
@@ -255,6 +256,7 @@ class MetricsStore(pulumi.ComponentResource):
             )
 
         self.workspace_id = workspace.id
+        self.workspace_arn = workspace.arn
         self.prometheus_endpoint = workspace.prometheus_endpoint
         self.scraper_id = scraper.id
         self.register_outputs(

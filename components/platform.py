@@ -25,6 +25,9 @@ class KubernetesPlatform:
     gpu_capacity: list[pulumi.Resource] = field(default_factory=list)
     # The AWS Load Balancer Controller the stack installed; None for an existing cluster.
     load_balancer_controller: pulumi.Resource | None = None
+    # With autoscaling: KEDA (its CRDs and operator) and the Prometheus endpoint it queries.
+    keda: pulumi.Resource | None = None
+    prometheus_endpoint: pulumi.Output[str] | None = None
 
 
 def kubernetes_provider(

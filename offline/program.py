@@ -48,6 +48,7 @@ class PlannedResource:
     dependencies: list[str]  # URNs this resource waits for (depends_on and input dependencies)
     aliases: list[dict[str, Any]]  # what the engine would match old URNs against (see _alias_record)
     delete_before_replace: bool  # a replacement deletes the old resource before creating the new
+    ignore_changes: list[str]  # input paths a `pulumi up` leaves as they are (an autoscaler owns them)
     inputs: dict[str, Any]  # secrets unwrapped: for checks only
     state: dict[str, Any]  # inputs + what the mocked cloud returned, secrets unwrapped
     _wrapped_inputs: dict[str, Any] = field(repr=False, default_factory=dict)
@@ -190,6 +191,7 @@ class RecordingMonitor(MockMonitor):
                     "inputs": inputs,
                     "aliases": [_alias_record(alias) for alias in request.aliases],
                     "delete_before_replace": bool(request.deleteBeforeReplace),
+                    "ignore_changes": list(request.ignoreChanges),
                 }
             )
         return response
@@ -274,6 +276,7 @@ def run_program(
                 dependencies=record["dependencies"],
                 aliases=record["aliases"],
                 delete_before_replace=record["delete_before_replace"],
+                ignore_changes=record["ignore_changes"],
                 inputs=unwrap(record["inputs"]),
                 state=unwrap(wrapped_state),
                 _wrapped_inputs=record["inputs"],

@@ -522,7 +522,13 @@ images_pinned = ResourceValidationPolicy(
 class GpuNodeGroupCapacity:
     resource: PolicyResource
     instance_type: str
-    nodes: int
+    nodes: int  # the desired size: what runs now
+    # What an autoscaler may grow it to (the group's maxSize when its range is open), else nodes.
+    max_nodes: int = 0
+
+    @property
+    def ceiling_nodes(self) -> int:
+        return max(self.nodes, self.max_nodes)
 
     @property
     def gpus(self) -> int | None:
@@ -537,9 +543,17 @@ def gpu_node_groups(resources: list[PolicyResource]) -> list[GpuNodeGroupCapacit
         if not is_gpu_node_group(group, templates):
             continue
         types = [t for t in node_group_instance_types(group, templates) if is_gpu_instance_type(t)]
-        nodes = known(lambda: as_int(get_path(group.props, "scalingConfig", "desiredSize")), None)
+        scaling = known(lambda: as_mapping(get_path(group.props, "scalingConfig")), {})
+        nodes = known(lambda: as_int(scaling.get("desiredSize")), None)
+        low = known(lambda: as_int(scaling.get("minSize")), None)
+        high = known(lambda: as_int(scaling.get("maxSize")), None)
+        # An open range on a running group is an autoscaler's room; a group held at 0 (a Capacity
+        # Block waiting for its window) has maxSize 1 only because EKS needs it.
+        autoscaled = nodes and low is not None and high is not None and low < high
         if types and nodes is not None:
-            groups.append(GpuNodeGroupCapacity(group, types[0], nodes))
+            groups.append(
+                GpuNodeGroupCapacity(group, types[0], nodes, high if autoscaled and high else nodes)
+            )
     return groups
 
 
@@ -575,20 +589,23 @@ def validate_cost_budget(args: StackValidationArgs, report_violation: ReportViol
                 group.resource.urn,
             )
             continue
-        total += price * group.nodes
-        parts.append(f"{group.nodes} x {group.instance_type} at {price:.2f}")
+        total += price * group.ceiling_nodes
+        at_most = "at most " if group.ceiling_nodes > group.nodes else ""
+        parts.append(f"{at_most}{group.ceiling_nodes} x {group.instance_type} at {price:.2f}")
     if total > budget:
         report_violation(
             f"The GPU nodes cost about {total:.2f} USD an hour on demand ({', '.join(parts)}), above "
-            f"the budget of {budget:.2f} USD an hour. Lower gpuNodeCount, or raise "
-            "costBudgetUsdPerHour (or this policy's maxUsdPerHour) if the spend is intended.",
+            f"the budget of {budget:.2f} USD an hour. Lower gpuNodeCount (or gpuNodeMaxCount, the "
+            "autoscaler's ceiling), or raise costBudgetUsdPerHour (or this policy's maxUsdPerHour) "
+            "if the spend is intended.",
             None,
         )
 
 
 cost_budget = StackValidationPolicy(
     name="gpu-cost-within-budget",
-    description="The GPU node groups' on-demand cost per hour stays within the configured budget.",
+    description="The GPU node groups' on-demand cost per hour, at the autoscaler's maximum where "
+    "there is one, stays within the configured budget.",
     validate=validate_cost_budget,
     enforcement_level=EnforcementLevel.ADVISORY,
     config_schema=PolicyConfigSchema(

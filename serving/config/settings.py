@@ -20,6 +20,7 @@ presence is looked at. The program reads their values as Pulumi secrets (compone
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import ipaddress
 import json
@@ -419,6 +420,16 @@ class StackConfig(BaseModel):
     ] = Field(alias="clusterLogRetentionDays")
     hf_token_in_secrets_manager: Flag = Field(alias="hfTokenInSecretsManager")
     cost_budget_usd_per_hour: Annotated[int, _whole_number(0)] = Field(alias="costBudgetUsdPerHour")
+    autoscaling: Flag = Field(alias="autoscaling")
+    min_replicas: Annotated[int, _whole_number(1, 64)] = Field(alias="minReplicas")
+    # 0: as many as gpuNodeMaxCount nodes hold.
+    max_replicas: Annotated[int, _whole_number(0, 512)] = Field(alias="maxReplicas")
+    gpu_node_min_count: Annotated[int, _whole_number(0, MAX_GPU_NODES)] = Field(alias="gpuNodeMinCount")
+    gpu_node_max_count: Annotated[int, _whole_number(1, MAX_GPU_NODES)] = Field(alias="gpuNodeMaxCount")
+    # 0: from the performance model (serving/autoscaling/policy.py default_target).
+    autoscaling_target_in_flight: Annotated[int, _whole_number(0, 1024)] = Field(
+        alias="autoscalingTargetInFlight"
+    )
     metrics_store: Annotated[Text, _one_of(*METRICS_STORES)] = Field(alias="metricsStore")
     metrics_retention_days: Annotated[int, _whole_number(1, AMP_MAX_RETENTION_DAYS)] = Field(
         alias="metricsRetentionDays"
@@ -541,6 +552,19 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class AutoscalingSettings:
+    """Replicas follow the queue (KEDA), GPU nodes follow the replicas (cluster-autoscaler);
+    serving/autoscaling/from_stack.py turns these into the policy the simulator replays."""
+
+    enabled: bool = False
+    min_replicas: int = 1
+    max_replicas: int = 4
+    min_nodes: int = 1
+    max_nodes: int = 1
+    target_in_flight_per_replica: int | None = None  # None: from the performance model
+
+
+@dataclass(frozen=True)
 class StackSettings:
     """Everything the program needs; `existing_cluster` decides which half of it is used."""
 
@@ -554,6 +578,7 @@ class StackSettings:
     endpoint: EndpointSettings
     cost_budget_usd_per_hour: int
     metrics: MetricsSettings = MetricsSettings()
+    autoscaling: AutoscalingSettings = AutoscalingSettings()
     # What the stack's owner should act on soon, though nothing is wrong yet (a version close to
     # the end of its standard support): the program prints them as warnings.
     notices: tuple[str, ...] = ()
@@ -943,6 +968,7 @@ def _derive(
         )
 
     metrics = _metrics(stack, region, existing_cluster, fail)
+    autoscaling = _autoscaling(stack, instance, existing_cluster, metrics, fail, notices)
 
     if problems or runtime is None:
         return None, problems
@@ -989,8 +1015,84 @@ def _derive(
         ),
         cost_budget_usd_per_hour=stack.cost_budget_usd_per_hour,
         metrics=metrics,
+        autoscaling=autoscaling,
         notices=tuple(notices),
     ), problems
+
+
+def _autoscaling(
+    stack: StackConfig,
+    instance: InstanceType,
+    existing_cluster: bool,
+    metrics: MetricsSettings,
+    fail: Callable[[str, Any, str], None],
+    notices: list[str],
+) -> AutoscalingSettings:
+    """The autoscaling range, checked against the nodes, the replicas and the metrics it reads."""
+    per_node = max(instance.gpus // stack.gpus_per_replica, 1)
+    min_nodes, max_nodes, nodes = stack.gpu_node_min_count, stack.gpu_node_max_count, stack.gpu_node_count
+    capacity_block = stack.gpu_capacity_type == "CAPACITY_BLOCK"
+    if stack.autoscaling and capacity_block:
+        # A block is paid for at its size: its nodes stay at gpuNodeCount, only replicas scale.
+        if (min_nodes, max_nodes) != (nodes, nodes):
+            notices.append(
+                f"gpuNodeMinCount/gpuNodeMaxCount do not apply to a Capacity Block: its {nodes} nodes "
+                "are paid for whether they serve or not, so only the replicas scale"
+            )
+        min_nodes = max_nodes = nodes
+    max_replicas = stack.max_replicas or max_nodes * per_node
+    settings = AutoscalingSettings(
+        enabled=stack.autoscaling,
+        min_replicas=stack.min_replicas,
+        max_replicas=max_replicas,
+        min_nodes=min_nodes,
+        max_nodes=max_nodes,
+        target_in_flight_per_replica=stack.autoscaling_target_in_flight or None,
+    )
+    if not stack.autoscaling:
+        return settings
+    if capacity_block and nodes == 0:
+        notices.append(
+            "autoscaling starts with the Capacity Block: at gpuNodeCount 0 there is nothing to scale"
+        )
+        return dataclasses.replace(settings, enabled=False)
+    if existing_cluster:
+        fail(
+            "autoscaling",
+            True,
+            "the stack installs KEDA and cluster-autoscaler only in a cluster it creates; with an "
+            "existing cluster, set autoscaling false and scale with that cluster's own autoscalers",
+        )
+        return settings
+    if not metrics.managed_prometheus:
+        fail(
+            "autoscaling",
+            True,
+            "replicas follow the queue that Amazon Managed Prometheus stores: set metricsStore to "
+            "managed-prometheus (or auto), or autoscaling false",
+        )
+    if not min_nodes <= nodes <= max_nodes:
+        fail(
+            "gpuNodeCount",
+            nodes,
+            f"the node group starts at gpuNodeCount, which must lie within gpuNodeMinCount ({min_nodes}) "
+            f"and gpuNodeMaxCount ({max_nodes})",
+        )
+    if max_replicas > max_nodes * per_node:
+        fail(
+            "maxReplicas",
+            max_replicas,
+            f"{max_nodes} x {instance.name} hold {max_nodes * per_node} replicas of {stack.gpus_per_replica} "
+            f"GPUs; use at most that, or 0 to follow gpuNodeMaxCount",
+        )
+    if not stack.min_replicas <= stack.replicas <= max_replicas:
+        fail(
+            "replicas",
+            stack.replicas,
+            f"the Deployment starts at replicas, which must lie within minReplicas ({stack.min_replicas}) "
+            f"and maxReplicas ({max_replicas})",
+        )
+    return settings
 
 
 def _metrics(

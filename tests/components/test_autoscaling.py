@@ -20,7 +20,7 @@ from pulumi.runtime.sync_await import _sync_await
 
 from components import autoscaling as c
 from components.cluster import SYSTEM_NODE_LABELS
-from components.gpu_nodes import GpuNodeGroup
+from components.gpu_nodes import GpuNodeGroup, accelerator_label
 from offline.mocks import PlanMocks
 from offline.program import RecordingMonitor, unwrap
 from serving.autoscaling.policy import AutoscalingPolicy
@@ -35,7 +35,7 @@ WORKSPACE_ARN = f"arn:aws:aps:{REGION}:123456789012:workspace/ws-123"
 ENDPOINT = f"https://aps-workspaces.{REGION}.amazonaws.com/workspaces/ws-123/"
 KUBERNETES_VERSION = "1.35"
 P5 = INSTANCE_TYPES["p5.48xlarge"]
-GPU_LABELS = {"nvidia.com/gpu.present": "true", **c.accelerator_label(P5)}
+GPU_LABELS = {"nvidia.com/gpu.present": "true", **accelerator_label(P5)}
 
 
 # --- the policy the simulator models is the one deployed -------------------------------------------
@@ -151,7 +151,7 @@ def test_the_node_template_describes_gpus_labels_and_taint_as_cluster_autoscaler
 
 
 def test_the_accelerator_label_names_the_gpu():
-    assert c.accelerator_label(INSTANCE_TYPES["p5e.48xlarge"]) == {
+    assert accelerator_label(INSTANCE_TYPES["p5e.48xlarge"]) == {
         "k8s.amazonaws.com/accelerator": "nvidia-h200"
     }
 

@@ -148,14 +148,22 @@ def test_managed_addons_are_ordered_around_the_nodes():
 # --- GPU nodes -------------------------------------------------------------------------------
 
 
-def test_gpu_node_group_is_a_fixed_size_tainted_p5_group_on_the_nvidia_ami():
+def test_gpu_node_group_is_a_tainted_p5_group_on_the_nvidia_ami_sized_by_the_autoscaling_range():
     group = gpu_node_group().inputs
     assert group["instanceTypes"] == ["p5.48xlarge"]
     assert group["amiType"] == "AL2023_x86_64_NVIDIA"
     assert group["capacityType"] == "ON_DEMAND"
-    assert group["scalingConfig"] == {"desiredSize": 1, "minSize": 1, "maxSize": 1}
+    # Prod autoscales between 1 and 2 nodes (Pulumi.prod.yaml), starting at gpuNodeCount.
+    assert group["scalingConfig"] == {"desiredSize": 1, "minSize": 1, "maxSize": 2}
     assert group["taints"] == [{"key": "nvidia.com/gpu", "value": "true", "effect": "NO_SCHEDULE"}]
-    assert group["labels"] == {"nvidia.com/gpu.present": "true"}
+    # cluster-autoscaler's GPU label: a new node counts as a GPU node before the plugin reports.
+    assert group["labels"] == {
+        "nvidia.com/gpu.present": "true",
+        "k8s.amazonaws.com/accelerator": "nvidia-h100",
+    }
+    fixed = run(config={"autoscaling": False}).one("aws:eks/nodeGroup:NodeGroup", "gpu-nodes-node-group")
+    assert fixed.inputs["scalingConfig"] == {"desiredSize": 1, "minSize": 1, "maxSize": 1}
+    assert fixed.inputs["labels"] == {"nvidia.com/gpu.present": "true"}
     assert group["nodeGroupName"] == "gpt-oss-prod-gpu"
     assert group["launchTemplate"]["id"] == gpu_launch_template().id
     private_ids = sorted(s["id"] for s in subnets_by_role()["private"].values())
@@ -292,7 +300,7 @@ def test_device_plugin_runs_on_every_gpu_node_and_only_there():
     (container,) = pod["containers"]
     assert container["image"] == DEVICE_PLUGIN_IMAGE
     assert not container["image"].endswith(":latest")
-    assert pod["nodeSelector"] == group["labels"]
+    assert pod["nodeSelector"].items() <= group["labels"].items()
     taint = group["taints"][0]
     assert {"key": taint["key"], "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     assert pod["priorityClassName"] == "system-node-critical"
@@ -506,8 +514,11 @@ def test_the_control_planes_network_interfaces_go_to_private_subnets_only():
 
 def test_make_plan_states_the_quota_that_create_and_update_need():
     # FACTS.md: one p5.48xlarge counts 192 vCPUs against the quota; MINIMAL updates surge none.
-    assert plan().outputs["gpuVcpuQuotaNeeded"] == 192
-    assert run(config={"gpuNodeCount": 2, "replicas": 8}).outputs["gpuVcpuQuotaNeeded"] == 384
+    fixed = {"autoscaling": False}
+    assert run(config=fixed).outputs["gpuVcpuQuotaNeeded"] == 192
+    assert run(config={**fixed, "gpuNodeCount": 2, "replicas": 8}).outputs["gpuVcpuQuotaNeeded"] == 384
+    # Autoscaled, the quota must cover the most nodes cluster-autoscaler may run (prod: 2).
+    assert plan().outputs["gpuVcpuQuotaNeeded"] == 384
     assert plan().outputs["gpuUpdateStrategy"] == gpu_node_group().inputs["updateConfig"]["updateStrategy"]
 
 

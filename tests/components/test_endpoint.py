@@ -92,7 +92,9 @@ def test_the_controller_is_pinned_and_its_role_is_for_its_service_account_only()
     assert values["vpcId"] == "<vpc-id>"
     assert values["serviceAccount"] == {"create": True, "name": SERVICE_ACCOUNT}
     assert values["nodeSelector"] == {"gpt-oss/node-role": "system"}
-    identity = result.one("aws:eks/podIdentityAssociation:PodIdentityAssociation")
+    identity = result.one(
+        "aws:eks/podIdentityAssociation:PodIdentityAssociation", "aws-load-balancer-controller-identity"
+    )
     assert (identity.inputs["namespace"], identity.inputs["serviceAccount"]) == (
         "kube-system",
         SERVICE_ACCOUNT,

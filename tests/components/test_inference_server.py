@@ -73,7 +73,11 @@ def test_secrets_manager_copy_is_encrypted_with_the_stacks_kms_key():
 
 def test_secrets_manager_copy_on_an_existing_cluster_gets_its_own_kms_key():
     result = run(
-        config={"hfTokenInSecretsManager": True, "endpointSourceRanges": ["10.0.0.0/8"]},
+        config={
+            "hfTokenInSecretsManager": True,
+            "endpointSourceRanges": ["10.0.0.0/8"],
+            "autoscaling": False,
+        },
         secrets={"kubeconfig": "apiVersion: v1\nkind: Config\n"},
     )
     key = result.one("aws:kms/key:Key")

@@ -46,7 +46,7 @@ def test_plan_command_prints_the_tree_and_outputs(cli_run):
     # update strategy and the quota it needs, and how long a new GPU node takes to serve.
     assert "endpoint: https://" in text and "caCertificate: <certificate (PEM)" in text
     assert "kubernetesStandardSupportUntil: 2027-03-27" in text and "gpuUpdateStrategy: MINIMAL" in text
-    assert "gpuVcpuQuotaNeeded: 192" in text
+    assert "gpuVcpuQuotaNeeded: 384" in text and "gpuCostCeilingUsdPerHour: 110.08" in text
     assert "Cold start, modelled" in text and "| **total** |" in text
 
 

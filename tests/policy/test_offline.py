@@ -111,7 +111,7 @@ def test_internet_facing_endpoint_behind_the_gateway_passes():
 
 
 def test_two_gpu_nodes_warn_about_the_budget_without_failing():
-    run = run_stack("prod", {"gpuNodeCount": 2})
+    run = run_stack("prod", {"gpuNodeCount": 2, "costBudgetUsdPerHour": 60})
     assert failures(run) == []
     assert warnings(run) == [("gpu-cost-within-budget", "<stack>")]
 
@@ -250,6 +250,8 @@ def test_policy_config_file_overrides_the_stack_budget(tmp_path: Path):
             "prod",
             "--set",
             "gpuNodeCount=3",
+            "--set",
+            "gpuNodeMaxCount=3",
             "--policy-config",
             str(config),
         ],

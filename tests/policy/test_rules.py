@@ -747,3 +747,14 @@ def test_a_loopback_status_listener_beside_the_tls_one_is_not_plain_http():
     assert names(check([*stack, status]), "endpoint-uses-tls") == []
     exposed = gateway_config_map("listen 8443 ssl;\n        listen 8081;")
     assert names(check([*stack, exposed]), "endpoint-uses-tls") == ["endpoint"]
+
+
+def test_an_autoscaled_group_is_held_to_the_budget_at_its_maximum():
+    group = node_group(desired=1)
+    group["props"]["scalingConfig"] = {"desiredSize": 1, "minSize": 1, "maxSize": 2}
+    [violation] = check([group]).for_policy("gpu-cost-within-budget")
+    assert "at most 2 x p5.48xlarge" in violation.message and "gpuNodeMaxCount" in violation.message
+    # A group held at 0 nodes (a Capacity Block before its window) costs nothing yet.
+    waiting = node_group(desired=0)
+    waiting["props"]["scalingConfig"] = {"desiredSize": 0, "minSize": 0, "maxSize": 1}
+    assert names(check([waiting]), "gpu-cost-within-budget") == []

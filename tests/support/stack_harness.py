@@ -34,7 +34,12 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "prod": {},
     "existing-cluster": {
         "secrets": {"kubeconfig": FAKE_KUBECONFIG},
-        "config": {"endpointSourceRanges": ["10.0.0.0/8"], "clusterName": "team-gpu-cluster"},
+        # Autoscaling is for a cluster the stack creates (prod turns it on).
+        "config": {
+            "endpointSourceRanges": ["10.0.0.0/8"],
+            "clusterName": "team-gpu-cluster",
+            "autoscaling": False,
+        },
     },
     "capacity-block": {
         "config": {

@@ -361,3 +361,48 @@ def test_metrics_values_are_read_as_the_engine_passes_them():
 def test_metrics_settings_that_cannot_work_are_refused_by_name(values, key, words):
     [problem] = problems(**values)
     assert problem.startswith(f"{PROJECT}:{key} = ") and words in problem
+
+
+# --- Autoscaling ---------------------------------------------------------------------------------
+
+
+def test_autoscaling_ranges_follow_the_nodes_and_start_where_the_stack_says():
+    settings = parse(autoscaling="true", gpuNodeMaxCount="3")
+    scaling = settings.autoscaling
+    # p5.48xlarge: 8 GPUs, 2 per replica (Pulumi.yaml defaults): 3 nodes hold 12 replicas.
+    assert (scaling.enabled, scaling.min_nodes, scaling.max_nodes, scaling.max_replicas) == (True, 1, 3, 12)
+    assert parse().autoscaling.enabled is False
+
+
+@pytest.mark.parametrize(
+    ("values", "key", "words"),
+    [
+        ({"gpuNodeMaxCount": "2", "maxReplicas": "9"}, "maxReplicas", "hold 8 replicas"),
+        ({"gpuNodeMinCount": "2", "gpuNodeMaxCount": "3"}, "gpuNodeCount", "within gpuNodeMinCount (2)"),
+        ({"minReplicas": "2"}, "replicas", "within minReplicas (2)"),
+        ({"metricsStore": "none"}, "autoscaling", "metricsStore"),
+    ],
+)
+def test_an_autoscaling_range_that_cannot_work_is_refused_by_name(values, key, words):
+    [problem] = problems(autoscaling="true", **values)
+    assert problem.startswith(f"{PROJECT}:{key} = ") and words in problem
+
+
+def test_autoscaling_needs_a_cluster_the_stack_creates():
+    [problem] = problems(
+        secrets=TOKEN | {"kubeconfig"}, autoscaling="true", endpointSourceRanges=["10.0.0.0/8"]
+    )
+    assert problem.startswith(f"{PROJECT}:autoscaling = True") and "existing cluster" in problem
+
+
+def test_a_capacity_block_autoscales_replicas_only_and_says_so():
+    block: dict[str, Any] = {
+        "gpuCapacityType": "CAPACITY_BLOCK",
+        "capacityReservationId": "cr-0123456789abcdef0",
+        "capacityReservationZone": "us-east-1a",
+    }
+    settings = parse(autoscaling="true", gpuNodeMaxCount="3", **block)
+    assert (settings.autoscaling.min_nodes, settings.autoscaling.max_nodes) == (1, 1)
+    assert any("Capacity Block" in notice for notice in settings.notices)
+    waiting = parse(autoscaling="true", gpuNodeCount="0", **block)
+    assert waiting.autoscaling.enabled is False
