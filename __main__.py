@@ -40,6 +40,7 @@ from components.load_balancer_controller import LoadBalancerController, LoadBala
 from components.metrics_store import MetricsStore, MetricsStoreArgs
 from components.network import Network, NetworkArgs, choose_zones
 from components.platform import KubernetesPlatform, existing_cluster_platform, kubernetes_provider
+from components.prometheus_objects import PrometheusObjects, PrometheusObjectsArgs
 from serving.autoscaling.from_stack import policy_from_settings
 from serving.autoscaling.policy import AutoscalingPolicy
 from serving.config.settings import PROJECT, SettingsError, StackSettings
@@ -300,6 +301,18 @@ def main() -> None:
         ),
         opts=pulumi.ResourceOptions(providers=[platform.provider], depends_on=platform.gpu_capacity),
     )
+    if settings.metrics.prometheus_operator:
+        # An existing cluster's own Prometheus Operator scrapes the pods and evaluates the alerts.
+        PrometheusObjects(
+            "prometheus",
+            PrometheusObjectsArgs(
+                stack=pulumi.get_stack(),
+                serving=settings.serving,
+                metrics=settings.metrics,
+                scrape_interval_seconds=settings.metrics.scrape_interval_seconds,
+            ),
+            opts=pulumi.ResourceOptions(providers=[platform.provider], depends_on=[server]),
+        )
     if platform.keda is not None and platform.prometheus_endpoint is not None:
         # Replicas follow the requests in flight per replica, from the metrics in AMP.
         ReplicaAutoscaler(

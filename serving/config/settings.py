@@ -26,7 +26,7 @@ import ipaddress
 import json
 import re
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from typing import Annotated, Any
 
@@ -103,9 +103,10 @@ SYSTEM_DIRECTORIES = (
 )
 NODE_STATE_DIRECTORIES = ("/var/lib/kubelet", "/var/lib/containerd", "/var/log")
 # Where the metrics go (metricsStore): Amazon Managed Service for Prometheus with its managed
-# scraper, or nowhere the stack creates. `auto` is the first with a cluster the stack creates and
-# the second with an existing one (its own Prometheus, or none, is the owner's to choose).
-METRICS_STORES = ("auto", "managed-prometheus", "none")
+# scraper; the Prometheus Operator an existing cluster already runs (a PodMonitor and a
+# PrometheusRule); or nowhere. `auto` is the first with a cluster the stack creates and `none`
+# with an existing one (its own Prometheus, or none, is the owner's to choose).
+METRICS_STORES = ("auto", "managed-prometheus", "prometheus-operator", "none")
 # AMP keeps samples 150 days unless told otherwise, and at most 1095 (three years): AMP user
 # guide, "Configure your workspace" and "Ingest metrics to your workspace".
 AMP_MAX_RETENTION_DAYS = 1095
@@ -431,6 +432,9 @@ class StackConfig(BaseModel):
         alias="autoscalingTargetInFlight"
     )
     metrics_store: Annotated[Text, _one_of(*METRICS_STORES)] = Field(alias="metricsStore")
+    metrics_object_labels: Annotated[dict[str, str], BeforeValidator(_string_map)] = Field(
+        alias="metricsObjectLabels"
+    )
     metrics_retention_days: Annotated[int, _whole_number(1, AMP_MAX_RETENTION_DAYS)] = Field(
         alias="metricsRetentionDays"
     )
@@ -539,16 +543,23 @@ class EndpointSettings:
 class MetricsSettings:
     """Where the metrics go and what the alerts compare against (docs/observability.md)."""
 
-    store: str = "none"  # "managed-prometheus" or "none", never "auto" (resolved by the loader)
+    store: str = "none"  # "managed-prometheus", "prometheus-operator" or "none", never "auto"
     retention_days: int = 150  # the AMP workspace's retention
     scrape_interval_seconds: int = 30  # the managed scraper's interval
     ttft_p90_slo_seconds: float = 2.5  # GptOssTtftAboveSlo's objective
     # The SNS topic AMP's alert manager sends to; without one, no alert manager definition.
     notification_topic_arn: str | None = None
+    # Labels on the PodMonitor and PrometheusRule, so that the cluster's Prometheus selects them
+    # (its podMonitorSelector and ruleSelector; kube-prometheus-stack: release=<its release>).
+    object_labels: dict[str, str] = field(default_factory=dict)
 
     @property
     def managed_prometheus(self) -> bool:
         return self.store == "managed-prometheus"
+
+    @property
+    def prometheus_operator(self) -> bool:
+        return self.store == "prometheus-operator"
 
 
 @dataclass(frozen=True)
@@ -1102,6 +1113,14 @@ def _metrics(
     store = stack.metrics_store
     if store == "auto":
         store = "none" if existing_cluster else "managed-prometheus"
+    elif store == "prometheus-operator" and not existing_cluster:
+        fail(
+            "metricsStore",
+            store,
+            "the stack creates no Prometheus in a cluster it creates; use auto (Amazon Managed "
+            "Prometheus), or prometheus-operator with an existing cluster (kubeconfig) that runs one",
+        )
+        store = "none"
     elif store == "managed-prometheus" and existing_cluster:
         fail(
             "metricsStore",
@@ -1132,4 +1151,5 @@ def _metrics(
         scrape_interval_seconds=stack.metrics_scrape_interval_seconds,
         ttft_p90_slo_seconds=stack.alert_ttft_p90_slo_seconds,
         notification_topic_arn=topic,
+        object_labels=dict(stack.metrics_object_labels),
     )

@@ -28,9 +28,12 @@ def objects(variant: str) -> list[dict]:
     included) and the name the provider would have filled in."""
     found = []
     for resource in plan(variant).resources:
-        # KEDA's custom resources are checked against KEDA's own schema
-        # (tests/serving/workload/test_autoscaling_manifests.py); kubernetes-validate has core types only.
-        if is_kubernetes_object(resource) and not resource.type.startswith("kubernetes:keda.sh/"):
+        # Custom resources are checked against their projects' schemas (KEDA's in
+        # tests/serving/workload/test_autoscaling_manifests.py, the Prometheus Operator's in
+        # tests/serving/observability/test_operator_objects.py); kubernetes-validate has core types only.
+        if is_kubernetes_object(resource) and not resource.type.startswith(
+            ("kubernetes:keda.sh/", "kubernetes:monitoring.coreos.com/")
+        ):
             obj = copy.deepcopy(resource.inputs)
             obj.setdefault("metadata", {}).setdefault("name", resource.state["metadata"]["name"])
             found.append(obj)

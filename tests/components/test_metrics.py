@@ -3,11 +3,13 @@ the stack's cluster, the alert rules and alert manager, dcgm-exporter and kube-s
 
 from __future__ import annotations
 
+import pytest
 import yaml
 
 from components.gpu_telemetry import DCGM_EXPORTER_IMAGE
 from components.metrics_store import METRICS_PORTS, SCRAPER_TAG, sns_topic_policy_statement
 from offline.render import ALERTS_FILE, DASHBOARD_FILE, write_plan
+from serving.config.settings import SettingsError
 from serving.observability.catalogue import render_dcgm_counters_csv
 from serving.observability.scrape import APP_LABELS, PORT_NAMES
 from tests.support.stack_harness import plan, run
@@ -216,3 +218,34 @@ def test_make_plan_writes_the_dashboard_and_the_rules_the_workspace_evaluates(tm
     # An existing cluster gets the same files, for the Prometheus it already has.
     write_plan(plan("existing-cluster"), tmp_path)
     assert (tmp_path / "prod" / ALERTS_FILE).read_text().startswith("groups:")
+
+
+def test_an_existing_cluster_hands_its_prometheus_operator_a_pod_monitor_and_the_rules():
+    result = run(
+        config={
+            "metricsStore": "prometheus-operator",
+            "metricsObjectLabels": {"release": "kube-prometheus-stack"},
+            "endpointSourceRanges": ["10.0.0.0/8"],
+            "autoscaling": False,
+        },
+        secrets={"kubeconfig": "apiVersion: v1\nkind: Config\n"},
+    )
+    monitor = result.one("kubernetes:monitoring.coreos.com/v1:PodMonitor").inputs
+    rule = result.one("kubernetes:monitoring.coreos.com/v1:PrometheusRule").inputs
+    for obj in (monitor, rule):
+        assert obj["metadata"]["namespace"] == "gpt-oss"
+        assert obj["metadata"]["labels"] == {"release": "kube-prometheus-stack"}
+    # The monitor selects the server pods the program registers, on their exporter's port.
+    pod = result.one("kubernetes:apps/v1:Deployment", "gpt-oss-server").inputs["spec"]["template"]
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    exporter = next(c for c in pod["spec"]["containers"] if c["name"] == "metrics-exporter")
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == exporter["ports"][0]["name"]
+    alerts = {r["alert"] for r in rule["spec"]["groups"][0]["rules"]}
+    assert "GptOssNoReadyReplica" in alerts and "GptOssTtftAboveSlo" in alerts
+    # No AWS metrics resources with an existing cluster.
+    assert [r for r in result.resources if r.type in AMP_TYPES] == []
+
+
+def test_the_prometheus_operator_store_needs_an_existing_cluster():
+    with pytest.raises(SettingsError, match="prometheus-operator with an existing cluster"):
+        run(config={"metricsStore": "prometheus-operator", "autoscaling": False})

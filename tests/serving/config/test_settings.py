@@ -333,7 +333,11 @@ def test_metrics_values_are_read_as_the_engine_passes_them():
 @pytest.mark.parametrize(
     ("values", "key", "words"),
     [
-        ({"metricsStore": "prometheus"}, "metricsStore", "auto, managed-prometheus, none"),
+        (
+            {"metricsStore": "prometheus"},
+            "metricsStore",
+            "auto, managed-prometheus, prometheus-operator, none",
+        ),
         ({"metricsRetentionDays": "0"}, "metricsRetentionDays", "from 1 to 1095"),
         ({"metricsRetentionDays": "2000"}, "metricsRetentionDays", "from 1 to 1095"),
         ({"metricsScrapeIntervalSeconds": "15"}, "metricsScrapeIntervalSeconds", "from 30 to 150"),

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ from serving.config.project import PROJECT_DIR
 from serving.observability import catalogue
 from serving.observability.queries import Scope, metric_names, stack_queries
 from serving.workload import autoscaling as a
+from tests.support.custom_resources import validate_custom_resources
 
 KEDA_MODULE = Path(
     os.environ.get("KEDA_MODELS_NODE_MODULE", PROJECT_DIR / "node_modules" / "@kubernetes-models" / "keda")
@@ -56,92 +55,16 @@ SERVER = a.ScaledServer(
     labels={"app.kubernetes.io/name": "trtllm-serve"},
 )
 
-_SCRIPT = r"""
-import fs from "node:fs";
-import path from "node:path";
-import { pathToFileURL } from "node:url";
-
-const [moduleDir, inputFile] = process.argv.slice(2);
-const SCHEMAS = {
-  ScaledObject: "ComGithubKedacoreKedaV2ApisKedaV1alpha1ScaledObject.js",
-  TriggerAuthentication: "ComGithubKedacoreKedaV2ApisKedaV1alpha1TriggerAuthentication.js",
-};
-
-// Wrap the object so that every property a validator reads, and every object whose keys it
-// enumerates (a map such as a trigger's metadata), is recorded, per JSON pointer.
-function tracker(root) {
-  const nodes = new Map();
-  function wrap(value, pointer) {
-    if (value === null || typeof value !== "object") return value;
-    if (nodes.has(pointer)) return nodes.get(pointer).proxy;
-    const node = { value, read: new Set(), enumerated: false, proxy: null };
-    node.proxy = new Proxy(value, {
-      get(target, key, receiver) {
-        const child = Reflect.get(target, key, receiver);
-        if (typeof key !== "string") return child;
-        node.read.add(key);
-        return Object.hasOwn(target, key) ? wrap(child, `${pointer}/${key}`) : child;
-      },
-      ownKeys(target) {
-        node.enumerated = true;
-        return Reflect.ownKeys(target);
-      },
-    });
-    nodes.set(pointer, node);
-    return node.proxy;
-  }
-  return { proxy: wrap(root, ""), nodes };
+KEDA_SCHEMAS = {
+    "ScaledObject": "ComGithubKedacoreKedaV2ApisKedaV1alpha1ScaledObject.js",
+    "TriggerAuthentication": "ComGithubKedacoreKedaV2ApisKedaV1alpha1TriggerAuthentication.js",
 }
-
-function unknownFields(nodes) {
-  const unknown = [];
-  for (const [pointer, node] of nodes) {
-    // Arrays are checked item by item; maps are enumerated; an object nothing was read from is
-    // free-form (preserve-unknown-fields).
-    if (Array.isArray(node.value) || node.enumerated || node.read.size === 0) continue;
-    for (const key of Object.keys(node.value)) {
-      if (!node.read.has(key)) unknown.push(`${pointer}/${key}`);
-    }
-  }
-  return unknown;
-}
-
-const results = [];
-for (const object of JSON.parse(fs.readFileSync(inputFile, "utf8"))) {
-  const file = SCHEMAS[object.kind];
-  if (!file) throw new Error(`no schema for kind ${object.kind}`);
-  const { validate } = await import(pathToFileURL(path.join(moduleDir, "_schemas", file)).href);
-  const { proxy, nodes } = tracker(object);
-  const valid = validate(proxy);
-  results.push({
-    kind: object.kind,
-    name: object.metadata?.name,
-    errors: valid ? [] : validate.errors.map((e) => `${e.instancePath} ${e.keyword} ${JSON.stringify(e.params)}`),
-    unknown: unknownFields(nodes),
-  });
-}
-process.stdout.write(JSON.stringify(results));
-"""
 
 
 def keda_validate(objects: list[dict[str, Any]], scratch: Path) -> list[dict[str, Any]]:
     """Each object checked against @kubernetes-models/keda: its schema errors and the fields no
     validator knows (JSON pointers)."""
-    node = shutil.which("node")
-    assert node, "node is not installed; the KEDA schema check runs on Node.js (apt-get install nodejs)"
-    assert (KEDA_MODULE / "package.json").is_file(), (
-        f"@kubernetes-models/keda is not installed at {KEDA_MODULE}: run `npm ci` in the repository root "
-        "(package.json pins it), or point KEDA_MODELS_NODE_MODULE at it"
-    )
-    script = scratch / "keda-validate.mjs"
-    script.write_text(_SCRIPT)
-    data = scratch / "objects.json"
-    data.write_text(json.dumps(objects))
-    result = subprocess.run(
-        [node, str(script), str(KEDA_MODULE), str(data)], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    return validate_custom_resources("keda", KEDA_SCHEMAS, objects, scratch, module_dir=KEDA_MODULE)
 
 
 def crd_220_markers(scaled_object: dict[str, Any]) -> list[str]:
