@@ -29,6 +29,7 @@ import pulumi_kubernetes as k8s
 
 from components.cluster import resources_in
 from components.gpu_nodes import GPU_TAINT_KEY, GpuNodeGroup
+from components.iam import allow, pod_identity_role
 from serving.autoscaling.policy import AutoscalingPolicy
 from serving.workload import autoscaling as manifests
 
@@ -85,16 +86,9 @@ def discovery_tags(cluster_name: str) -> dict[str, str]:
     return {ENABLED_TAG: "true", cluster_tag(cluster_name): "owned", GPU_GROUP_TAG: GPU_GROUP_TAG_VALUE}
 
 
-def _statement(actions: list[str], resource: str | list[str] = "*", **condition: Any) -> dict[str, Any]:
-    statement: dict[str, Any] = {"Effect": "Allow", "Action": actions, "Resource": resource}
-    if condition:
-        statement["Condition"] = condition
-    return statement
-
-
 def keda_policy(workspace_arn: str) -> dict[str, Any]:
     """The KEDA operator may query the stack's Prometheus workspace, and nothing else."""
-    return {"Version": "2012-10-17", "Statement": [_statement(list(KEDA_AMP_ACTIONS), workspace_arn)]}
+    return {"Version": "2012-10-17", "Statement": [allow(list(KEDA_AMP_ACTIONS), workspace_arn)]}
 
 
 def cluster_autoscaler_policy(cluster_name: str, partition: str = "aws") -> dict[str, Any]:
@@ -116,30 +110,15 @@ def cluster_autoscaler_policy(cluster_name: str, partition: str = "aws") -> dict
     return {
         "Version": "2012-10-17",
         "Statement": [
-            _statement(describe),
+            allow(describe),
             # Labels and taints of a managed node group that has not had a node yet.
-            _statement(["eks:DescribeNodegroup"], f"arn:{partition}:eks:*:*:nodegroup/{cluster_name}/*/*"),
-            _statement(
+            allow(["eks:DescribeNodegroup"], f"arn:{partition}:eks:*:*:nodegroup/{cluster_name}/*/*"),
+            allow(
                 ["autoscaling:SetDesiredCapacity", "autoscaling:TerminateInstanceInAutoScalingGroup"],
                 StringEquals=own,
             ),
         ],
     }
-
-
-def _pod_identity_trust() -> str:
-    return json.dumps(
-        {
-            "Version": "2012-10-17",
-            "Statement": [
-                {
-                    "Effect": "Allow",
-                    "Principal": {"Service": "pods.eks.amazonaws.com"},
-                    "Action": ["sts:AssumeRole", "sts:TagSession"],
-                }
-            ],
-        }
-    )
 
 
 def keda_chart_values(*, cluster_name: str, node_selector: Mapping[str, str]) -> dict[str, Any]:
@@ -266,44 +245,6 @@ def node_template_tags(
 GPU_TAINT = (GPU_TAINT_KEY, "true", "NoSchedule")
 
 
-def _role(
-    parent: pulumi.Resource,
-    name: str,
-    *,
-    description: str,
-    policy: pulumi.Input[str],
-    cluster_name: pulumi.Input[str],
-    namespace: str,
-    service_account: str,
-    tags: dict[str, str],
-) -> tuple[aws.iam.Role, list[pulumi.Resource]]:
-    """A role only `namespace/service_account` of the cluster can use (EKS Pod Identity)."""
-    child = pulumi.ResourceOptions(parent=parent)
-    role = aws.iam.Role(
-        f"{name}-role",
-        assume_role_policy=_pod_identity_trust(),
-        description=f"{description} ({namespace}/{service_account})",
-        tags=tags,
-        opts=child,
-    )
-    role_policy = aws.iam.Policy(
-        f"{name}-policy", description=description, policy=policy, tags=tags, opts=child
-    )
-    attachment = aws.iam.RolePolicyAttachment(
-        f"{name}-policy", role=role.name, policy_arn=role_policy.arn, opts=child
-    )
-    identity = aws.eks.PodIdentityAssociation(
-        f"{name}-identity",
-        cluster_name=cluster_name,
-        namespace=namespace,
-        service_account=service_account,
-        role_arn=role.arn,
-        tags=tags,
-        opts=child,
-    )
-    return role, [attachment, identity]
-
-
 @dataclass(frozen=True)
 class KedaArgs:
     cluster_name: pulumi.Input[str]
@@ -327,7 +268,7 @@ class Keda(pulumi.ComponentResource):
     def __init__(self, name: str, args: KedaArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("gpt-oss:autoscaling:Keda", name, None, opts)
         policy = pulumi.Output.from_input(args.workspace_arn).apply(lambda arn: json.dumps(keda_policy(arn)))
-        role, waits = _role(
+        role, waits = pod_identity_role(
             self,
             name,
             description=f"KEDA {KEDA_VERSION} operator: query the stack's Prometheus workspace",
@@ -441,7 +382,7 @@ class ClusterAutoscaler(pulumi.ComponentResource):
     def __init__(self, name: str, args: ClusterAutoscalerArgs, opts: pulumi.ResourceOptions | None = None):
         super().__init__("gpt-oss:autoscaling:ClusterAutoscaler", name, None, opts)
         cluster_name = pulumi.Output.from_input(args.cluster_name)
-        role, waits = _role(
+        role, waits = pod_identity_role(
             self,
             name,
             description=f"cluster-autoscaler {CLUSTER_AUTOSCALER_VERSION}: scale this cluster's tagged GPU group",

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_aws as aws
 
+from components.iam import assume_role_policy
 from serving.config.settings import SystemNodeSettings
 
 # Control-plane logs to CloudWatch: who called the API (audit), what it served (api) and how
@@ -72,24 +73,6 @@ NODE_MANAGED_POLICIES = (
 # The VPC CNI's policy, on a role only its service account (kube-system/aws-node) can assume.
 CNI_MANAGED_POLICY = "AmazonEKS_CNI_Policy"
 CNI_SERVICE_ACCOUNT = "aws-node"
-
-
-def _assume_role_policy(service: str) -> str:
-    return json.dumps(
-        {
-            "Version": "2012-10-17",
-            "Statement": [
-                {
-                    "Effect": "Allow",
-                    "Principal": {"Service": service},
-                    # EKS (the control plane, and Pod Identity for pods) also tags the session.
-                    "Action": ["sts:AssumeRole", "sts:TagSession"]
-                    if service in ("eks.amazonaws.com", "pods.eks.amazonaws.com")
-                    else ["sts:AssumeRole"],
-                }
-            ],
-        }
-    )
 
 
 def kubeconfig_for(cluster_name: str, endpoint: str, certificate_authority: str, region: str) -> str:
@@ -446,7 +429,7 @@ class EksCluster(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
         role = aws.iam.Role(
             role_name,
-            assume_role_policy=_assume_role_policy(service),
+            assume_role_policy=assume_role_policy(service),
             description=description,
             tags=tags,
             opts=child,

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
-import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
 from components.cluster import resources_in
+from components.iam import allow, pod_identity_role
 
 # AWS's chart (aws/eks-charts) and controller release, pinned: chart 3.5.0 installs
 # public.ecr.aws/eks/aws-load-balancer-controller:v3.5.0 (the chart's Chart.yaml and values.yaml
@@ -31,13 +31,6 @@ NAMESPACE = "kube-system"
 SERVICE_ACCOUNT = "aws-load-balancer-controller"
 # Resources the controller creates carry this tag; it may change or delete only those.
 CLUSTER_TAG = "elbv2.k8s.aws/cluster"
-
-
-def _statement(actions: list[str], resource: str | list[str] = "*", **condition: Any) -> dict[str, Any]:
-    statement: dict[str, Any] = {"Effect": "Allow", "Action": actions, "Resource": resource}
-    if condition:
-        statement["Condition"] = condition
-    return statement
 
 
 def _tagged(*keys: str) -> dict[str, str]:
@@ -153,28 +146,28 @@ def controller_policy(partition: str = "aws") -> dict[str, Any]:
         )
     ]
     statements = [
-        _statement(
+        allow(
             ["iam:CreateServiceLinkedRole"],
             StringEquals={"iam:AWSServiceName": "elasticloadbalancing.amazonaws.com"},
         ),
-        _statement(describe),
-        _statement(integrations),
+        allow(describe),
+        allow(integrations),
         # Security groups: the NLB's own (created and tagged by the controller), and the rules on
         # the pods' security group that let the NLB in.
-        _statement(["ec2:AuthorizeSecurityGroupIngress", "ec2:RevokeSecurityGroupIngress"]),
-        _statement(["ec2:CreateSecurityGroup"]),
-        _statement(
+        allow(["ec2:AuthorizeSecurityGroupIngress", "ec2:RevokeSecurityGroupIngress"]),
+        allow(["ec2:CreateSecurityGroup"]),
+        allow(
             ["ec2:CreateTags"],
             f"{ec2}:security-group/*",
             StringEquals={"ec2:CreateAction": "CreateSecurityGroup"},
             Null=_tagged(request_tag),
         ),
-        _statement(
+        allow(
             ["ec2:CreateTags", "ec2:DeleteTags"],
             f"{ec2}:security-group/*",
             Null={request_tag: "true", own_tag: "false"},
         ),
-        _statement(
+        allow(
             [
                 "ec2:AuthorizeSecurityGroupIngress",
                 "ec2:RevokeSecurityGroupIngress",
@@ -184,11 +177,11 @@ def controller_policy(partition: str = "aws") -> dict[str, Any]:
         ),
         # Load balancers and target groups: created with the cluster tag, then changed only
         # while they carry it.
-        _statement(
+        allow(
             ["elasticloadbalancing:CreateLoadBalancer", "elasticloadbalancing:CreateTargetGroup"],
             Null=_tagged(request_tag),
         ),
-        _statement(
+        allow(
             [
                 "elasticloadbalancing:CreateListener",
                 "elasticloadbalancing:DeleteListener",
@@ -196,24 +189,24 @@ def controller_policy(partition: str = "aws") -> dict[str, Any]:
                 "elasticloadbalancing:DeleteRule",
             ]
         ),
-        _statement(
+        allow(
             ["elasticloadbalancing:AddTags", "elasticloadbalancing:RemoveTags"],
             load_balancers_and_groups,
             Null={request_tag: "true", own_tag: "false"},
         ),
-        _statement(["elasticloadbalancing:AddTags", "elasticloadbalancing:RemoveTags"], listeners_and_rules),
-        _statement(modify_own, Null=_tagged(own_tag)),
-        _statement(
+        allow(["elasticloadbalancing:AddTags", "elasticloadbalancing:RemoveTags"], listeners_and_rules),
+        allow(modify_own, Null=_tagged(own_tag)),
+        allow(
             ["elasticloadbalancing:AddTags"],
             load_balancers_and_groups,
             StringEquals={"elasticloadbalancing:CreateAction": ["CreateTargetGroup", "CreateLoadBalancer"]},
             Null=_tagged(request_tag),
         ),
-        _statement(
+        allow(
             ["elasticloadbalancing:RegisterTargets", "elasticloadbalancing:DeregisterTargets"],
             f"{elb}:targetgroup/*/*",
         ),
-        _statement(listener_changes),
+        allow(listener_changes),
     ]
     return {"Version": "2012-10-17", "Statement": statements}
 
@@ -267,44 +260,17 @@ class LoadBalancerController(pulumi.ComponentResource):
         self, name: str, args: LoadBalancerControllerArgs, opts: pulumi.ResourceOptions | None = None
     ):
         super().__init__("gpt-oss:aws:LoadBalancerController", name, None, opts)
-        child = pulumi.ResourceOptions(parent=self)
-        role = aws.iam.Role(
-            f"{name}-role",
-            assume_role_policy=json.dumps(
-                {
-                    "Version": "2012-10-17",
-                    "Statement": [
-                        {
-                            "Effect": "Allow",
-                            "Principal": {"Service": "pods.eks.amazonaws.com"},
-                            "Action": ["sts:AssumeRole", "sts:TagSession"],
-                        }
-                    ],
-                }
-            ),
-            description=f"AWS Load Balancer Controller ({NAMESPACE}/{SERVICE_ACCOUNT})",
-            tags=args.tags,
-            opts=child,
-        )
-        policy = aws.iam.Policy(
-            f"{name}-policy",
-            description=f"AWS Load Balancer Controller {CONTROLLER_VERSION}: AWS's published policy",
-            policy=json.dumps(controller_policy(args.partition)),
-            tags=args.tags,
-            opts=child,
-        )
-        attachment = aws.iam.RolePolicyAttachment(
-            f"{name}-policy", role=role.name, policy_arn=policy.arn, opts=child
-        )
         # Only the controller's service account in kube-system gets the role.
-        identity = aws.eks.PodIdentityAssociation(
-            f"{name}-identity",
+        role, waits = pod_identity_role(
+            self,
+            name,
+            description="AWS Load Balancer Controller",
+            policy_description=f"AWS Load Balancer Controller {CONTROLLER_VERSION}: AWS's published policy",
+            policy=json.dumps(controller_policy(args.partition)),
             cluster_name=args.cluster_name,
             namespace=NAMESPACE,
             service_account=SERVICE_ACCOUNT,
-            role_arn=role.arn,
             tags=args.tags,
-            opts=child,
         )
         values = pulumi.Output.all(args.cluster_name, args.vpc_id).apply(
             lambda parts: chart_values(
@@ -325,7 +291,7 @@ class LoadBalancerController(pulumi.ComponentResource):
             # Service created after it is handled at once.
             wait_for_jobs=True,
             timeout=600,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[attachment, identity, *resources_in(opts)]),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[*waits, *resources_in(opts)]),
         )
         self.role_arn = role.arn
         self.register_outputs({"roleArn": self.role_arn, "chartVersion": CHART_VERSION})
