@@ -81,7 +81,9 @@ def availability_zones(settings: StackSettings) -> tuple[list[str], list[str]]:
     return zones, [zone for zone in zones if zone in offering]
 
 
-def create_aws_platform(settings: StackSettings) -> tuple[KubernetesPlatform, dict[str, object]]:
+def create_aws_platform(
+    settings: StackSettings, policy: AutoscalingPolicy | None
+) -> tuple[KubernetesPlatform, dict[str, object]]:
     """Network, cluster, node groups, device plugin and load balancer controller; returns the
     platform and its outputs."""
     name = settings.cluster.name
@@ -158,8 +160,8 @@ def create_aws_platform(settings: StackSettings) -> tuple[KubernetesPlatform, di
         else (None, {})
     )
     keda = (
-        create_autoscalers(settings, cluster, gpu_nodes, store, provider, tags)
-        if settings.autoscaling.enabled and store is not None
+        create_autoscalers(settings, policy, cluster, gpu_nodes, store, provider, tags)
+        if policy is not None and store is not None
         else None
     )
 
@@ -230,6 +232,7 @@ def create_metrics(
 
 def create_autoscalers(
     settings: StackSettings,
+    policy: AutoscalingPolicy,
     cluster: EksCluster,
     gpu_nodes: GpuNodeGroup,
     store: MetricsStore,
@@ -238,7 +241,6 @@ def create_autoscalers(
 ) -> Keda:
     """GPU nodes follow pending replicas (cluster-autoscaler, with what it must know to scale
     the group from zero); returns KEDA, which the workload's ScaledObject needs."""
-    policy = autoscaling_policy(settings)
     template = GpuNodeTemplateTags(
         "gpu-node-template",
         GpuNodeTemplateArgs(
@@ -272,22 +274,19 @@ def create_autoscalers(
     )
 
 
-def autoscaling_policy(settings: StackSettings) -> AutoscalingPolicy:
-    """The policy the cluster runs: the one `python -m serving simulate` replays."""
-    return policy_from_settings(settings)
-
-
 def main() -> None:
     settings, secrets = read_stack()
     for notice in settings.notices:  # nothing wrong yet, but the owner should act soon
         pulumi.log.warn(notice)
 
+    # The policy the cluster runs (only one the stack creates): the one `serving simulate` replays.
+    policy = policy_from_settings(settings) if settings.autoscaling.enabled else None
     if settings.existing_cluster:
         assert secrets.kubeconfig is not None
         platform = existing_cluster_platform(settings.cluster.name, secrets.kubeconfig)
         platform_outputs: dict[str, object] = {}
     else:
-        platform, platform_outputs = create_aws_platform(settings)
+        platform, platform_outputs = create_aws_platform(settings, policy)
 
     server = InferenceServer(
         "gpt-oss",
@@ -313,7 +312,7 @@ def main() -> None:
             ),
             opts=pulumi.ResourceOptions(providers=[platform.provider], depends_on=[server]),
         )
-    if platform.keda is not None and platform.prometheus_endpoint is not None:
+    if policy is not None and platform.keda is not None and platform.prometheus_endpoint is not None:
         # Replicas follow the requests in flight per replica, from the metrics in AMP.
         ReplicaAutoscaler(
             "replica-autoscaler",
@@ -322,7 +321,7 @@ def main() -> None:
                 deployment=WorkloadNames(namespace=settings.serving.namespace).deployment,
                 prometheus_endpoint=platform.prometheus_endpoint,
                 region=settings.region or "",
-                scaling=replica_scaling(autoscaling_policy(settings)),
+                scaling=replica_scaling(policy),
             ),
             opts=pulumi.ResourceOptions(providers=[platform.provider], depends_on=[platform.keda, server]),
         )
