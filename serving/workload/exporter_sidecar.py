@@ -9,7 +9,10 @@ imports, found by reading the imports, so a new helper module cannot be left out
 from __future__ import annotations
 
 import ast
+import functools
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 EXPORTER_MODULE = "serving.observability.exporter"
@@ -35,9 +38,11 @@ def _imported_serving_modules(path: Path) -> set[str]:
     return found
 
 
-def exporter_sources(module: str = EXPORTER_MODULE) -> dict[str, str]:
+@functools.cache
+def exporter_sources(module: str = EXPORTER_MODULE) -> Mapping[str, str]:
     """Relative path -> source text of `module`, the `serving` modules it imports (transitively)
-    and their packages' __init__ files."""
+    and their packages' __init__ files. Read once per process: the ConfigMap and the pod's
+    volume both list them."""
     pending, seen = [module], set()
     while pending:
         name = pending.pop()
@@ -47,10 +52,12 @@ def exporter_sources(module: str = EXPORTER_MODULE) -> dict[str, str]:
         parts = name.split(".")
         seen.update(".".join(parts[:i]) for i in range(1, len(parts)))  # the packages
         pending.extend(_imported_serving_modules(_module_path(name)) - seen)
-    return {
-        _module_path(name).relative_to(REPOSITORY_ROOT).as_posix(): _module_path(name).read_text()
-        for name in sorted(seen)
-    }
+    return MappingProxyType(
+        {
+            _module_path(name).relative_to(REPOSITORY_ROOT).as_posix(): _module_path(name).read_text()
+            for name in sorted(seen)
+        }
+    )
 
 
 def config_map_key(path: str) -> str:
