@@ -17,12 +17,16 @@ to measure. Everything listens on 127.0.0.1 only.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from serving.config.project import PROJECT_DIR
 
 NAMESPACE = "gpt-oss"
 DEPLOYMENT = "trtllm-serve"
@@ -376,3 +380,28 @@ def kube_state_metrics_text(elapsed: float) -> str:
 
 def start_text_source(render: Callable[[float], str]) -> LoopbackMetricsServer:
     return LoopbackMetricsServer({"/metrics": text_route(render, _Clock())})
+
+
+def start_exporter(source: str, port: int, syslog_port: int, status_url: str) -> subprocess.Popen:
+    """The real exporter process, reading `source` and, as in the pod, the gateway's syslog lines
+    and stub_status on loopback."""
+    command = [
+        sys.executable,
+        "-m",
+        "serving.observability.exporter",
+        "--source",
+        source,
+        "--listen-address",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--interval",
+        "0.5",
+        "--gateway-syslog",
+        f"127.0.0.1:{syslog_port}",
+        "--gateway-status-url",
+        status_url,
+    ]
+    return subprocess.Popen(
+        command, cwd=PROJECT_DIR, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )

@@ -62,28 +62,6 @@ class Stack:
     traffic: Traffic
 
 
-def _start_exporter(source: str, port: int, syslog_port: int, status_url: str) -> subprocess.Popen:
-    command = [
-        sys.executable,
-        "-m",
-        "serving.observability.exporter",
-        "--source",
-        source,
-        "--listen-address",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--interval",
-        "0.5",
-        # As in the pod: the gateway's syslog lines and stub_status, both on loopback.
-        "--gateway-syslog",
-        f"127.0.0.1:{syslog_port}",
-        "--gateway-status-url",
-        status_url,
-    ]
-    return subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
 class Traffic:
     """Real requests through every gateway until stopped: mostly 200s with either key, some 401s
     (no key) and 404s (an unknown path), and the probe; never a 5xx, so no alert fires."""
@@ -153,7 +131,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             gateway = start_nginx(server.port, KEYS, settings_overrides=metrics_overrides(syslog_port))
             gateways.append(gateway)
             port = free_loopback_port()
-            exporter = _start_exporter(server.base_url, port, syslog_port, gateway.status_url)
+            exporter = sources.start_exporter(server.base_url, port, syslog_port, gateway.status_url)
             exporters.append(exporter)
             wait_for_port(port, 20.0, exporter)
             # One target per pod: the exporter serves the server's and the gateway's series.

@@ -12,13 +12,11 @@ import re
 import secrets
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import requests
@@ -28,6 +26,7 @@ from serving.observability.exporter import Exporter, ExporterSettings, main
 from serving.workload import gateway
 from serving.workload.gateway import GatewaySettings, api_key_fingerprint, render_nginx_conf
 from tests.support import metrics_sources as sources
+from tests.support.metrics_sources import start_exporter
 from tests.support.nginx_runner import (
     RunningNginx,
     free_loopback_port,
@@ -37,7 +36,6 @@ from tests.support.nginx_runner import (
     wait_for_port,
 )
 
-REPO = Path(__file__).resolve().parents[3]
 FINGERPRINT = "sha256:0123456789ab"
 
 
@@ -243,27 +241,6 @@ class GatewayWithExporter:
             if sum(requests_by_labels(text).values()) >= total or time.monotonic() > deadline:
                 return text
             time.sleep(0.05)
-
-
-def start_exporter(source: str, port: int, syslog_port: int, status_url: str) -> subprocess.Popen:
-    command = [
-        sys.executable,
-        "-m",
-        "serving.observability.exporter",
-        "--source",
-        source,
-        "--listen-address",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--interval",
-        "0.5",
-        "--gateway-syslog",
-        f"127.0.0.1:{syslog_port}",
-        "--gateway-status-url",
-        status_url,
-    ]
-    return subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 def stop_process(process: subprocess.Popen) -> None:
